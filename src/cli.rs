@@ -1,0 +1,143 @@
+//! The command line. Every flag can also be set by a `CREDWATCH_…` environment variable.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::decode::Limits;
+use crate::engine::Engine;
+use crate::hunt;
+use crate::rules::RULES;
+
+/// Exit status: the command completed (findings or not).
+pub const EXIT_OK: i32 = 0;
+/// Exit status: `--fail-on-findings` and there were findings.
+pub const EXIT_FINDINGS: i32 = 1;
+/// Exit status: an error stopped the command.
+pub const EXIT_ERROR: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "credwatch", version, about = "Catches stolen AWS temporary credentials while they are being used")]
+pub struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `credwatch=debug`.
+    #[arg(long, global = true, env = "CREDWATCH_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hunt over historical CloudTrail files and folders (recursively).
+    Hunt(HuntArgs),
+    /// Check a configuration file and print the effective configuration.
+    ValidateConfig {
+        /// The TOML file to check.
+        #[arg(env = "CREDWATCH_CONFIG")]
+        file: PathBuf,
+    },
+    /// List the rules with their default severities.
+    Rules,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HuntArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "CREDWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `table` for people, `json` for one finding per line.
+    #[arg(long, env = "CREDWATCH_OUTPUT", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// Exit with status 1 when there are findings.
+    #[arg(long, env = "CREDWATCH_FAIL_ON_FINDINGS")]
+    pub fail_on_findings: bool,
+    /// Files or folders: CloudTrail S3 objects (.json/.json.gz), JSON arrays, EventBridge events,
+    /// JSON lines, CloudWatch Logs subscription envelopes.
+    #[arg(required = true, env = "CREDWATCH_PATHS", value_delimiter = ',')]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Runs the parsed command; returns the process exit status.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Hunt(args) => hunt_cmd(args),
+        Command::ValidateConfig { file } => match Config::load(Some(&file)) {
+            Ok(cfg) => {
+                match toml::to_string_pretty(&cfg) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("credwatch: {e}"),
+                }
+                eprintln!("{}: ok", file.display());
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("credwatch: {}: {e}", file.display());
+                EXIT_ERROR
+            }
+        },
+        Command::Rules => {
+            for r in RULES {
+                println!("{:<30} {:<8} {}", r.id, r.severity.as_str(), r.description);
+            }
+            EXIT_OK
+        }
+    }
+}
+
+fn hunt_cmd(args: HuntArgs) -> i32 {
+    let cfg = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("credwatch: config: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let files = match hunt::collect_files(&args.paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("credwatch: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let engine = Engine::new(&cfg);
+    let limits = Limits::from(&cfg.input);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_failed = false;
+    if args.output == OutputFormat::Table {
+        let _ = writeln!(out, "{:<8} {:<28} {:<48} ORIGINS", "SEVERITY", "RULE", "SESSION");
+    }
+    let summary = hunt::hunt_files(
+        &engine,
+        &files,
+        &limits,
+        |f| {
+            let res = match args.output {
+                OutputFormat::Json => serde_json::to_string(f)
+                    .map_err(std::io::Error::other)
+                    .and_then(|line| writeln!(out, "{line}")),
+                OutputFormat::Table => writeln!(out, "{}", f.summary_line()),
+            };
+            write_failed |= res.is_err();
+        },
+        |b| tracing::warn!(kind = b.kind.as_str(), position = %b.position, detail = %b.detail, "bad record set aside"),
+    );
+    write_failed |= out.flush().is_err();
+    eprint!("{}", summary.render());
+    if write_failed {
+        eprintln!("credwatch: could not write findings to stdout");
+        return EXIT_ERROR;
+    }
+    if args.fail_on_findings && summary.total_findings() > 0 {
+        return EXIT_FINDINGS;
+    }
+    EXIT_OK
+}

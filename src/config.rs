@@ -1,0 +1,435 @@
+//! Configuration: TOML, overridden by `CREDWATCH_<SECTION>__<KEY>` environment variables, unknown
+//! keys rejected with the key named. `config/credwatch.example.toml` documents every option.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::finding::Severity;
+use crate::rules::RULE_IDS;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub detection: DetectionConfig,
+    pub organization: OrganizationConfig,
+    pub allow: Vec<AllowEntry>,
+    /// Per-rule switches and severities, keyed by rule id.
+    pub rules: BTreeMap<String, RuleConfig>,
+    pub input: InputConfig,
+    pub kinesis: KinesisConfig,
+    pub checkpoint: CheckpointConfig,
+    pub output: OutputConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[detection]`: how sessions are tracked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionConfig {
+    /// Window for a session whose lifetime is unknown: it expires `window_secs` after its last use.
+    pub window_secs: u64,
+    /// Maximum lifetime by credential class, from `sessionContext.attributes.creationDate`.
+    pub max_session_secs: MaxSessionSecs,
+    /// Track long-term `AKIA` keys too (off: their legitimate use from many places is normal).
+    pub include_long_term_keys: bool,
+    /// Track console sessions (off: AWS's console back ends relay their calls from AWS addresses).
+    pub include_console_sessions: bool,
+    /// IPv6 origins are compared on this prefix length (128 = exact address).
+    pub ipv6_prefix_len: u8,
+    /// Upper bound on tracked sessions; past it the sessions closest to expiry are dropped first.
+    pub max_sessions: usize,
+    /// User-agent substrings that mark a call made from inside the Lambda runtime.
+    pub lambda_user_agent_markers: Vec<String>,
+    /// User-agent substrings that mark a call made from an ECS task.
+    pub ecs_user_agent_markers: Vec<String>,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            window_secs: 12 * 3600,
+            max_session_secs: MaxSessionSecs::default(),
+            include_long_term_keys: false,
+            include_console_sessions: false,
+            ipv6_prefix_len: 128,
+            max_sessions: 20_000_000,
+            lambda_user_agent_markers: vec![
+                "exec-env/AWS_Lambda".into(),
+                "awslambda-worker".into(),
+                "AWS_Lambda_".into(),
+            ],
+            ecs_user_agent_markers: vec!["exec-env/AWS_ECS".into()],
+        }
+    }
+}
+
+/// `[detection.max_session_secs]`: the longest a credential of each class can live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaxSessionSecs {
+    pub ec2_instance: u64,
+    pub ec2_identity: u64,
+    pub lambda: u64,
+    pub ecs_task: u64,
+    pub assumed_role: u64,
+    pub console: u64,
+    pub federated: u64,
+}
+
+impl Default for MaxSessionSecs {
+    fn default() -> Self {
+        MaxSessionSecs {
+            // IMDS credentials are valid for up to 6 hours (rotated about hourly).
+            ec2_instance: 6 * 3600,
+            ec2_identity: 6 * 3600,
+            lambda: 12 * 3600,
+            ecs_task: 6 * 3600,
+            // AssumeRole allows up to 12 hours; GetFederationToken up to 36.
+            assumed_role: 12 * 3600,
+            console: 12 * 3600,
+            federated: 36 * 3600,
+        }
+    }
+}
+
+/// `[organization]`: the accounts whose VPC endpoints explain an origin.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrganizationConfig {
+    pub account_ids: Vec<String>,
+}
+
+/// `[[allow]]`: a known network that explains an origin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    pub cidr: IpNet,
+    /// Only for sessions of this account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Only for sessions of this role (name, not ARN).
+    #[serde(default)]
+    pub role: Option<String>,
+    pub reason: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Last day the entry applies (`YYYY-MM-DD` or RFC 3339), judged by event time.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// `[rules.<id>]`: switch a rule off or re-rate it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    pub enabled: Option<bool>,
+    pub severity: Option<Severity>,
+}
+
+/// `[input]`: limits on untrusted input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Largest decompressed size of one gzip member (a record or a file); larger is a gzip bomb.
+    pub max_decompressed_bytes: usize,
+    /// Largest single event; CloudWatch Logs caps a log event at 256 KiB, CloudTrail files at less.
+    pub max_event_bytes: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            max_decompressed_bytes: 64 << 20,
+            max_event_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Where to start reading a shard that has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StartPosition {
+    TrimHorizon,
+    Latest,
+    AtTimestamp,
+}
+
+/// `[kinesis]`: the stream `credwatch run` consumes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KinesisConfig {
+    pub stream: Option<String>,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub start_position: StartPosition,
+    /// For `AT_TIMESTAMP`: RFC 3339.
+    pub start_timestamp: Option<String>,
+    /// Records per GetRecords call (at most 10000).
+    pub max_records_per_call: i32,
+    /// Pause between GetRecords calls on one shard; 200 ms or more keeps under 5 calls/s.
+    pub poll_interval_ms: u64,
+    /// How often to list shards to find new ones (after a reshard).
+    pub shard_discovery_interval_secs: u64,
+}
+
+impl Default for KinesisConfig {
+    fn default() -> Self {
+        KinesisConfig {
+            stream: None,
+            region: None,
+            endpoint_url: None,
+            start_position: StartPosition::TrimHorizon,
+            start_timestamp: None,
+            max_records_per_call: 10_000,
+            poll_interval_ms: 250,
+            shard_discovery_interval_secs: 30,
+        }
+    }
+}
+
+/// `[checkpoint]`: local checkpoints and store snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    pub dir: PathBuf,
+    pub interval_secs: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            dir: PathBuf::from("credwatch-state"),
+            interval_secs: 5,
+        }
+    }
+}
+
+/// `[output]`: where findings and set-aside records go.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// JSON lines, one finding per line (the shape of `hunt --output json`).
+    pub findings_file: Option<PathBuf>,
+    /// JSON lines, one bad record per line with its shard and sequence number.
+    pub dead_letter_file: Option<PathBuf>,
+}
+
+/// `[metrics]`: the Prometheus and health endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub addr: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: "127.0.0.1:9898".into(),
+        }
+    }
+}
+
+/// A configuration error, naming the option at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads `path` (if any), then `CREDWATCH_<SECTION>__<KEY>` environment overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        // Only variables with a section separator are config overrides; plain `CREDWATCH_X`
+        // variables belong to command-line flags.
+        fig = fig.merge(
+            Env::prefixed("CREDWATCH_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        Self::from_figment(fig)
+    }
+
+    /// Parses a TOML string (no environment), then validates. For tests and `validate-config`.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(describe_figment_error).collect();
+            ConfigError(msgs.join("; "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: rule ids, ranges, dates.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (id, _) in &self.rules {
+            if !RULE_IDS.contains(&id.as_str()) {
+                return Err(ConfigError(format!(
+                    "rules.{id}: unknown rule id (known: {})",
+                    RULE_IDS.join(", ")
+                )));
+            }
+        }
+        let d = &self.detection;
+        if d.window_secs == 0 {
+            return Err(ConfigError("detection.window_secs: must be above 0".into()));
+        }
+        if d.ipv6_prefix_len == 0 || d.ipv6_prefix_len > 128 {
+            return Err(ConfigError(
+                "detection.ipv6_prefix_len: must be within 1..=128".into(),
+            ));
+        }
+        if d.max_sessions == 0 {
+            return Err(ConfigError("detection.max_sessions: must be above 0".into()));
+        }
+        for (i, a) in self.allow.iter().enumerate() {
+            if a.reason.trim().is_empty() {
+                return Err(ConfigError(format!("allow[{i}].reason: must not be empty")));
+            }
+            if let Some(e) = &a.expires {
+                if parse_expiry(e).is_none() {
+                    return Err(ConfigError(format!(
+                        "allow[{i}].expires: {e:?} is neither YYYY-MM-DD nor RFC 3339"
+                    )));
+                }
+            }
+        }
+        for (i, acct) in self.organization.account_ids.iter().enumerate() {
+            if acct.len() != 12 || !acct.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError(format!(
+                    "organization.account_ids[{i}]: {acct:?} is not a 12-digit account id"
+                )));
+            }
+        }
+        let k = &self.kinesis;
+        if !(1..=10_000).contains(&k.max_records_per_call) {
+            return Err(ConfigError(
+                "kinesis.max_records_per_call: must be within 1..=10000".into(),
+            ));
+        }
+        if k.poll_interval_ms < 200 {
+            return Err(ConfigError(
+                "kinesis.poll_interval_ms: must be at least 200 (5 GetRecords calls per second per shard)"
+                    .into(),
+            ));
+        }
+        if k.start_position == StartPosition::AtTimestamp {
+            match &k.start_timestamp {
+                Some(t) if crate::event::parse_time(t).is_some() => {}
+                _ => {
+                    return Err(ConfigError(
+                        "kinesis.start_timestamp: an RFC 3339 time is required with start_position = \"AT_TIMESTAMP\""
+                            .into(),
+                    ))
+                }
+            }
+        }
+        if self.input.max_event_bytes == 0 || self.input.max_decompressed_bytes == 0 {
+            return Err(ConfigError(
+                "input.max_event_bytes / input.max_decompressed_bytes: must be above 0".into(),
+            ));
+        }
+        if self.checkpoint.interval_secs == 0 {
+            return Err(ConfigError("checkpoint.interval_secs: must be above 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether a rule is on, and at which base severity.
+    pub fn rule_setting(&self, id: &str, default: Severity) -> (bool, Severity) {
+        match self.rules.get(id) {
+            Some(r) => (r.enabled.unwrap_or(true), r.severity.unwrap_or(default)),
+            None => (true, default),
+        }
+    }
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let key = e.path.join(".");
+    let kind = e.kind.to_string();
+    if key.is_empty() {
+        kind
+    } else {
+        format!("{key}: {kind}")
+    }
+}
+
+/// `YYYY-MM-DD` (end of that day, UTC) or RFC 3339, as epoch seconds.
+pub fn parse_expiry(s: &str) -> Option<i64> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return d
+            .and_hms_opt(23, 59, 59)
+            .map(|t| t.and_utc().timestamp());
+    }
+    crate::event::parse_time(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn config_errors_name_the_option() {
+        let cases: &[(&str, &str)] = &[
+            ("[detection]\nwindow_sec = 5\n", "window_sec"),
+            ("[detection]\nwindow_secs = \"x\"\n", "detection.window_secs"),
+            ("[nope]\na = 1\n", "nope"),
+            ("[[allow]]\ncidr = \"10.0.0.0/33\"\nreason = \"x\"\n", "allow"),
+            ("[[allow]]\ncidr = \"10.0.0.0/8\"\nreason = \"\"\n", "allow[0].reason"),
+            (
+                "[[allow]]\ncidr = \"10.0.0.0/8\"\nreason = \"x\"\nexpires = \"soon\"\n",
+                "allow[0].expires",
+            ),
+            ("[rules.not_a_rule]\nenabled = false\n", "rules.not_a_rule"),
+            ("[rules.stop_logging]\nseverity = \"urgent\"\n", "severity"),
+            ("[organization]\naccount_ids = [\"12\"]\n", "organization.account_ids[0]"),
+            ("[kinesis]\npoll_interval_ms = 10\n", "kinesis.poll_interval_ms"),
+            (
+                "[kinesis]\nstart_position = \"AT_TIMESTAMP\"\n",
+                "kinesis.start_timestamp",
+            ),
+            ("[kinesis]\nstart_position = \"EARLIEST\"\n", "start_position"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(err.contains(key), "error for {text:?} should name {key}: {err}");
+        }
+    }
+
+    #[test]
+    fn rule_settings_apply() {
+        let cfg = Config::from_toml_str(
+            "[rules.stop_logging]\nenabled = false\n[rules.create_user]\nseverity = \"low\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.rule_setting("stop_logging", Severity::High).0, false);
+        assert_eq!(
+            cfg.rule_setting("create_user", Severity::Medium),
+            (true, Severity::Low)
+        );
+    }
+}

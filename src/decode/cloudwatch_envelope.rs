@@ -1,0 +1,958 @@
+//! CloudWatch Logs subscription payloads, as a subscription filter writes them to Kinesis.
+//!
+//! Format: <https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/SubscriptionFilters.html>
+//! (examples: <https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/SubscriptionFilters.html#DestinationKinesisExample>).
+//! Each Kinesis record's data is one gzip'd JSON envelope:
+//!
+//! ```json
+//! {"messageType":"DATA_MESSAGE","owner":"123456789012","logGroup":"...","logStream":"...",
+//!  "subscriptionFilters":["..."],
+//!  "logEvents":[{"id":"...","timestamp":1510109208016,"message":"<one CloudTrail event as a JSON string>"}]}
+//! ```
+//!
+//! `CONTROL_MESSAGE` envelopes are sent to check that the destination is reachable; their
+//! `logEvents` are not CloudTrail events and give no events. Unknown fields are tolerated (no
+//! `deny_unknown_fields`): AWS adds fields.
+//!
+//! Decoding is one pass over the JSON with no `serde_json::Value`: each `message` is unescaped
+//! by serde_json into its own scratch buffer and copied into a reusable text buffer, so a warm
+//! [`Scratch`] decodes a record without allocating. Events are handed out only once the whole
+//! envelope has parsed and its `messageType` is known, so a record is either used or set aside as
+//! a whole (apart from single log events set aside on their own).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+use libdeflater::{CompressionLvl, Compressor, Decompressor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::{gzip, BadKind, BadRecord, Limits, RawEvent};
+
+/// Buffers above this capacity are freed after a record rather than kept in [`Scratch`].
+const RETAIN_BYTES: usize = 16 << 20;
+
+/// `messageType` of an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// `DATA_MESSAGE`: `logEvents` are log events (here, CloudTrail events).
+    Data,
+    /// `CONTROL_MESSAGE`: a reachability check; gives no events.
+    Control,
+}
+
+impl MessageType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::Data => "DATA_MESSAGE",
+            MessageType::Control => "CONTROL_MESSAGE",
+        }
+    }
+}
+
+/// What one envelope held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeSummary {
+    pub message_type: MessageType,
+    /// AWS account id of the log data (`"CloudwatchLogs"` on control messages).
+    pub owner: Option<String>,
+    pub log_group: Option<String>,
+    pub log_stream: Option<String>,
+    /// Events passed to `on_event` (log events set aside through `on_bad` are not counted).
+    pub events: usize,
+}
+
+/// Reusable buffers (a libdeflater `Decompressor`, the gunzipped bytes, the unescaped messages)
+/// so the hot path allocates little. One per consumer task.
+#[derive(Default)]
+pub struct Scratch {
+    decompressor: Decompressor,
+    gunzipped: Vec<u8>,
+    events: EventBuf,
+}
+
+impl fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scratch")
+            .field("gunzipped_capacity", &self.gunzipped.capacity())
+            .field("text_capacity", &self.events.text.capacity())
+            .field("slots_capacity", &self.events.slots.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scratch {
+    /// Frees buffers that one unusually large record grew.
+    fn trim(&mut self) {
+        if self.gunzipped.capacity() > RETAIN_BYTES {
+            self.gunzipped = Vec::new();
+        }
+        if self.events.text.capacity() > RETAIN_BYTES {
+            self.events.text = String::new();
+        }
+        if self.events.slots.capacity() > RETAIN_BYTES / 64 {
+            self.events.slots = Vec::new();
+        }
+    }
+}
+
+/// Decodes one Kinesis record's data: gzip is required (not gzip -> [`BadKind::NotGzip`]), then
+/// the envelope JSON.
+///
+/// Calls `on_event` for each `logEvents[].message` (`RawEvent::index` = its position in
+/// `logEvents`) that is within `max_event_bytes`; an oversize message is passed to `on_bad`
+/// ([`BadKind::Oversize`], position = `"{position}#{index}"`) and decoding continues, as is a log
+/// event without a `message` ([`BadKind::MissingField`]) or whose `message` is not a string
+/// holding a JSON object ([`BadKind::BadField`]).
+///
+/// Whole-record failures return `Err(BadRecord)` with `position` as given: `NotGzip`,
+/// `TruncatedGzip`, `GzipBomb`, `NotJson`, `BadEnvelope` (missing `messageType`, missing
+/// `logEvents` on a `DATA_MESSAGE`, fields of the wrong type), `UnknownMessageType`. No event
+/// comes out of a record that fails as a whole.
+pub fn decode_record(
+    data: &[u8],
+    limits: &Limits,
+    position: &str,
+    scratch: &mut Scratch,
+    mut on_event: impl FnMut(RawEvent<'_>),
+    mut on_bad: impl FnMut(BadRecord),
+) -> Result<EnvelopeSummary, BadRecord> {
+    if !gzip::is_gzip(data) {
+        return Err(BadRecord::new(
+            BadKind::NotGzip,
+            position,
+            "CloudWatch Logs subscription data must be gzip'd; no gzip magic bytes 1f 8b",
+        ));
+    }
+    let result = gzip::gunzip_capped_into(
+        &mut scratch.decompressor,
+        data,
+        limits.max_decompressed_bytes,
+        &mut scratch.gunzipped,
+    )
+    .map_err(|(kind, detail)| BadRecord::new(kind, position, detail))
+    .and_then(|()| {
+        decode_envelope_in(
+            &scratch.gunzipped,
+            limits,
+            position,
+            0,
+            &mut scratch.events,
+            &mut on_event,
+            &mut on_bad,
+        )
+    })
+    .map(|(summary, _)| summary);
+    scratch.trim();
+    result
+}
+
+/// The envelope JSON after gunzip (also used by the file decoder for envelopes stored in files).
+/// Same events, set-aside events and errors as [`decode_record`], minus the gzip ones.
+pub fn decode_envelope_json(
+    json: &[u8],
+    limits: &Limits,
+    position: &str,
+    mut on_event: impl FnMut(RawEvent<'_>),
+    mut on_bad: impl FnMut(BadRecord),
+) -> Result<EnvelopeSummary, BadRecord> {
+    let mut buf = EventBuf::default();
+    decode_envelope_in(
+        json,
+        limits,
+        position,
+        0,
+        &mut buf,
+        &mut on_event,
+        &mut on_bad,
+    )
+    .map(|(summary, _)| summary)
+}
+
+/// Decodes an envelope with caller buffers. `RawEvent::index` is `base_index` + the position in
+/// `logEvents`. Returns the summary and how many indices the envelope used (its log events,
+/// set-aside ones included; none for a control message).
+pub(crate) fn decode_envelope_in(
+    json: &[u8],
+    limits: &Limits,
+    position: &str,
+    base_index: usize,
+    buf: &mut EventBuf,
+    on_event: &mut impl FnMut(RawEvent<'_>),
+    on_bad: &mut impl FnMut(BadRecord),
+) -> Result<(EnvelopeSummary, usize), BadRecord> {
+    buf.clear();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let fields = de
+        .deserialize_map(EnvelopeVisitor {
+            buf: &mut *buf,
+            max_event_bytes: limits.max_event_bytes,
+        })
+        .and_then(|fields| de.end().map(|()| fields))
+        .map_err(|e| envelope_json_error(&e, position))?;
+
+    let message_type = match fields.message_type.as_deref() {
+        Some("DATA_MESSAGE") => MessageType::Data,
+        Some("CONTROL_MESSAGE") => MessageType::Control,
+        Some(other) => {
+            return Err(BadRecord::new(
+                BadKind::UnknownMessageType,
+                position,
+                format!("messageType {other:?}"),
+            ))
+        }
+        None => {
+            return Err(BadRecord::new(
+                BadKind::BadEnvelope,
+                position,
+                "missing field `messageType`",
+            ))
+        }
+    };
+    let mut summary = EnvelopeSummary {
+        message_type,
+        owner: fields.owner.map(Cow::into_owned),
+        log_group: fields.log_group.map(Cow::into_owned),
+        log_stream: fields.log_stream.map(Cow::into_owned),
+        events: 0,
+    };
+    if message_type == MessageType::Control {
+        return Ok((summary, 0));
+    }
+    if !fields.log_events {
+        return Err(BadRecord::new(
+            BadKind::BadEnvelope,
+            position,
+            "DATA_MESSAGE without field `logEvents`",
+        ));
+    }
+    let EventBuf { text, slots } = buf;
+    for (i, slot) in slots.iter_mut().enumerate() {
+        match slot {
+            Slot::Event(range) => {
+                summary.events += 1;
+                on_event(RawEvent {
+                    json: Cow::Borrowed(&text[range.clone()]),
+                    index: base_index + i,
+                });
+            }
+            Slot::Bad(kind, detail) => on_bad(BadRecord {
+                kind: *kind,
+                position: format!("{position}#{i}"),
+                detail: std::mem::take(detail),
+            }),
+        }
+    }
+    Ok((summary, slots.len()))
+}
+
+fn envelope_json_error(e: &serde_json::Error, position: &str) -> BadRecord {
+    let kind = match e.classify() {
+        serde_json::error::Category::Data => BadKind::BadEnvelope,
+        serde_json::error::Category::Io => BadKind::Io,
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => BadKind::NotJson,
+    };
+    BadRecord::new(kind, position, e.to_string())
+}
+
+/// Builds a gzip'd `DATA_MESSAGE` envelope (for tests, replay and benchmarks): `messages` are
+/// `(timestamp in ms, event JSON text)`.
+pub fn encode_envelope(
+    owner: &str,
+    log_group: &str,
+    log_stream: &str,
+    filter: &str,
+    messages: &[(i64, &str)],
+) -> Vec<u8> {
+    let envelope = EnvelopeOut {
+        message_type: MessageType::Data.as_str(),
+        owner,
+        log_group,
+        log_stream,
+        subscription_filters: [filter],
+        log_events: messages
+            .iter()
+            .enumerate()
+            .map(|(i, &(timestamp, message))| LogEventOut {
+                // CloudWatch Logs ids are 56-digit strings; these are unique within the envelope.
+                id: format!("{:0>36}{:020}", timestamp.unsigned_abs(), i),
+                timestamp,
+                message,
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec(&envelope).expect("serialising strings and integers cannot fail");
+    let mut compressor = Compressor::new(CompressionLvl::default());
+    let mut out = vec![0u8; compressor.gzip_compress_bound(json.len())];
+    let n = compressor
+        .gzip_compress(&json, &mut out)
+        .expect("the output buffer has the compress bound");
+    out.truncate(n);
+    out
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvelopeOut<'a> {
+    message_type: &'a str,
+    owner: &'a str,
+    log_group: &'a str,
+    log_stream: &'a str,
+    subscription_filters: [&'a str; 1],
+    log_events: Vec<LogEventOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct LogEventOut<'a> {
+    id: String,
+    timestamp: i64,
+    message: &'a str,
+}
+
+/// Unescaped messages of one envelope and what became of each log event, reused across records.
+#[derive(Debug, Default)]
+pub(crate) struct EventBuf {
+    /// The messages that are events, back to back.
+    text: String,
+    /// One per `logEvents` element, in order.
+    slots: Vec<Slot>,
+}
+
+impl EventBuf {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.slots.clear();
+    }
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// The event's JSON is `text[range]`.
+    Event(Range<usize>),
+    /// Set aside.
+    Bad(BadKind, String),
+}
+
+/// Top-level keys of the envelope that are read; anything else is skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum EnvelopeField {
+    MessageType,
+    Owner,
+    LogGroup,
+    LogStream,
+    LogEvents,
+    #[serde(other)]
+    Other,
+}
+
+/// A string borrowed from the input unless it had escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+#[derive(Default)]
+struct EnvelopeFields<'de> {
+    message_type: Option<Cow<'de, str>>,
+    owner: Option<Cow<'de, str>>,
+    log_group: Option<Cow<'de, str>>,
+    log_stream: Option<Cow<'de, str>>,
+    /// Whether `logEvents` was present (its elements went into the [`EventBuf`]).
+    log_events: bool,
+}
+
+struct EnvelopeVisitor<'s> {
+    buf: &'s mut EventBuf,
+    max_event_bytes: usize,
+}
+
+impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
+    type Value = EnvelopeFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a CloudWatch Logs subscription envelope (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = EnvelopeFields::default();
+        while let Some(key) = map.next_key::<EnvelopeField>()? {
+            match key {
+                EnvelopeField::MessageType => {
+                    string_once(&mut map, &mut fields.message_type, "messageType")?
+                }
+                EnvelopeField::Owner => string_once(&mut map, &mut fields.owner, "owner")?,
+                EnvelopeField::LogGroup => {
+                    string_once(&mut map, &mut fields.log_group, "logGroup")?
+                }
+                EnvelopeField::LogStream => {
+                    string_once(&mut map, &mut fields.log_stream, "logStream")?
+                }
+                EnvelopeField::LogEvents => {
+                    if fields.log_events {
+                        return Err(de::Error::duplicate_field("logEvents"));
+                    }
+                    map.next_value_seed(LogEvents {
+                        buf: &mut *self.buf,
+                        max_event_bytes: self.max_event_bytes,
+                    })?;
+                    fields.log_events = true;
+                }
+                EnvelopeField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// Reads an optional string field (`null` counts as absent) that may appear once.
+fn string_once<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    slot: &mut Option<Cow<'de, str>>,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+    Ok(())
+}
+
+/// `logEvents`: an array; each element leaves exactly one [`Slot`].
+struct LogEvents<'s> {
+    buf: &'s mut EventBuf,
+    max_event_bytes: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for LogEvents<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LogEvents<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of log events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(LogEvent {
+                buf: &mut *self.buf,
+                max_event_bytes: self.max_event_bytes,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+/// Keys of a log event that are read.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum LogEventField {
+    Message,
+    #[serde(other)]
+    Other,
+}
+
+/// Implements the `visit_*` methods of a value that is not of the wanted JSON type: consume it
+/// and return `$bad`.
+macro_rules! wrong_json_type {
+    ($bad:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($bad(self, "null"))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($bad(self, "a boolean"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($bad(self, "a number"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($bad(self, "a number"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($bad(self, "a number"))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($bad(self, "an array"))
+        }
+    };
+}
+
+/// One element of `logEvents`.
+struct LogEvent<'s> {
+    buf: &'s mut EventBuf,
+    max_event_bytes: usize,
+}
+
+impl LogEvent<'_> {
+    fn not_an_object(self, found: &str) {
+        self.buf.slots.push(Slot::Bad(
+            BadKind::BadField,
+            format!("log event is {found}, not an object"),
+        ));
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for LogEvent<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LogEvent<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log event object")
+    }
+
+    wrong_json_type!(LogEvent::not_an_object);
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.not_an_object("a string");
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let start = self.buf.text.len();
+        let mut message: Option<Slot> = None;
+        let mut duplicate = false;
+        while let Some(key) = map.next_key::<LogEventField>()? {
+            match key {
+                LogEventField::Message if message.is_none() => {
+                    message = Some(map.next_value_seed(Message {
+                        buf: &mut *self.buf,
+                        max_event_bytes: self.max_event_bytes,
+                    })?);
+                }
+                LogEventField::Message => {
+                    duplicate = true;
+                    map.next_value::<IgnoredAny>()?;
+                }
+                LogEventField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let slot = match message {
+            _ if duplicate => {
+                self.buf.text.truncate(start);
+                Slot::Bad(
+                    BadKind::BadField,
+                    "log event with two `message` fields".to_owned(),
+                )
+            }
+            None => Slot::Bad(
+                BadKind::MissingField,
+                "log event without field `message`".to_owned(),
+            ),
+            Some(slot) => slot,
+        };
+        self.buf.slots.push(slot);
+        Ok(())
+    }
+}
+
+/// `logEvents[].message`: a string holding one CloudTrail event. Appends it to the text buffer
+/// when it can be used; returns its slot.
+struct Message<'s> {
+    buf: &'s mut EventBuf,
+    max_event_bytes: usize,
+}
+
+impl Message<'_> {
+    fn not_a_string(self, found: &str) -> Slot {
+        Slot::Bad(
+            BadKind::BadField,
+            format!("message is {found}, not a string"),
+        )
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Message<'_> {
+    type Value = Slot;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Slot, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Message<'_> {
+    type Value = Slot;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log message string")
+    }
+
+    wrong_json_type!(Message::not_a_string);
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Slot, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(self.not_a_string("an object"))
+    }
+
+    /// Called with serde_json's own scratch buffer for escaped strings (every CloudTrail event
+    /// is one) and with the input for the others; either way it is copied once, into `buf.text`.
+    fn visit_str<E: de::Error>(self, message: &str) -> Result<Slot, E> {
+        if message.len() > self.max_event_bytes {
+            return Ok(Slot::Bad(
+                BadKind::Oversize,
+                format!(
+                    "message of {} bytes is over max_event_bytes ({})",
+                    message.len(),
+                    self.max_event_bytes
+                ),
+            ));
+        }
+        if !super::looks_like_object(message) {
+            return Ok(Slot::Bad(
+                BadKind::BadField,
+                format!(
+                    "message is not a JSON object: {:?}",
+                    message.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+        let start = self.buf.text.len();
+        self.buf.text.push_str(message);
+        Ok(Slot::Event(start..self.buf.text.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const EVENT_A: &str = r#"{"eventVersion":"1.08","eventTime":"2024-07-31T13:06:24Z","eventName":"GetCallerIdentity","sourceIPAddress":"203.0.113.7","userIdentity":{"type":"AssumedRole","accessKeyId":"ASIAEXAMPLE1"}}"#;
+    const EVENT_B: &str = r#"{"eventTime":"2024-07-31T13:07:00Z","eventName":"ListBuckets","userAgent":"aws-cli/2 \"quoted\" \\ back\u00e9"}"#;
+
+    /// Everything one decode gave.
+    #[derive(Debug, Default)]
+    struct Out {
+        events: Vec<(usize, String)>,
+        bad: Vec<BadRecord>,
+    }
+
+    fn decode(data: &[u8], limits: &Limits) -> (Result<EnvelopeSummary, BadRecord>, Out) {
+        let mut out = Out::default();
+        let mut scratch = Scratch::default();
+        let mut bad = Vec::new();
+        let result = decode_record(
+            data,
+            limits,
+            "shardId-000000000001@49590338271490256608559692538361571095921575989136588898",
+            &mut scratch,
+            |ev| out.events.push((ev.index, ev.json.into_owned())),
+            |b| bad.push(b),
+        );
+        out.bad = bad;
+        (result, out)
+    }
+
+    fn gz(text: &str) -> Vec<u8> {
+        gzip_bytes(text.as_bytes())
+    }
+
+    #[test]
+    fn a_data_message_gives_its_events_in_order_with_their_indices() {
+        let record = encode_envelope(
+            "123456789012",
+            "aws-cloudtrail-logs",
+            "123456789012_CloudTrail_eu-west-1",
+            "credwatch",
+            &[(1510109208016, EVENT_A), (1510109208017, EVENT_B)],
+        );
+        let (result, out) = decode(&record, &Limits::default());
+        let summary = result.unwrap();
+        assert_eq!(
+            summary,
+            EnvelopeSummary {
+                message_type: MessageType::Data,
+                owner: Some("123456789012".into()),
+                log_group: Some("aws-cloudtrail-logs".into()),
+                log_stream: Some("123456789012_CloudTrail_eu-west-1".into()),
+                events: 2,
+            }
+        );
+        assert_eq!(
+            out.events,
+            vec![(0, EVENT_A.to_owned()), (1, EVENT_B.to_owned())]
+        );
+        assert!(out.bad.is_empty());
+    }
+
+    #[test]
+    fn a_control_message_gives_no_events_and_is_ok() {
+        // As CloudWatch Logs sends it when a subscription is created.
+        let json = r#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1432826855000,"message":"CWL CONTROL MESSAGE: Checking health of destination Kinesis stream."}]}"#;
+        let (result, out) = decode(&gz(json), &Limits::default());
+        let summary = result.unwrap();
+        assert_eq!(summary.message_type, MessageType::Control);
+        assert_eq!(summary.events, 0);
+        assert_eq!(summary.owner.as_deref(), Some("CloudwatchLogs"));
+        assert!(out.events.is_empty());
+        assert!(out.bad.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_and_field_order_are_tolerated() {
+        let message = serde_json::to_string(EVENT_A).unwrap();
+        let json = format!(
+            r#"{{"logEvents":[{{"extra":{{"a":[1,2]}},"message":{message},"id":"1","timestamp":1}}],"newField":[null,true],"messageType":"DATA_MESSAGE","policyLevel":"ACCOUNT_LEVEL_POLICY","owner":null}}"#
+        );
+        let (result, out) = decode(&gz(&json), &Limits::default());
+        let summary = result.unwrap();
+        assert_eq!(summary.events, 1);
+        assert_eq!(summary.owner, None);
+        assert_eq!(out.events, vec![(0, EVENT_A.to_owned())]);
+    }
+
+    #[test]
+    fn whole_record_failures_are_errors_with_the_given_position_and_no_events() {
+        let event = serde_json::to_string(EVENT_A).unwrap();
+        let ok_events = format!(r#"[{{"message":{event}}}]"#);
+        let cases: Vec<(&str, Vec<u8>, BadKind)> = vec![
+            (
+                "not gzip",
+                br#"{"messageType":"DATA_MESSAGE"}"#.to_vec(),
+                BadKind::NotGzip,
+            ),
+            (
+                "truncated gzip",
+                {
+                    let g = encode_envelope("o", "g", "s", "f", &[(1, EVENT_A)]);
+                    g[..g.len() / 2].to_vec()
+                },
+                BadKind::TruncatedGzip,
+            ),
+            ("not JSON", gz("CWL is not JSON"), BadKind::NotJson),
+            ("empty", gz(""), BadKind::NotJson),
+            (
+                "truncated JSON",
+                gz(&format!(
+                    r#"{{"messageType":"DATA_MESSAGE","logEvents":{ok_events}"#
+                )),
+                BadKind::NotJson,
+            ),
+            (
+                "trailing data",
+                gz(&format!(
+                    r#"{{"messageType":"DATA_MESSAGE","logEvents":{ok_events}}} {{}}"#
+                )),
+                BadKind::NotJson,
+            ),
+            (
+                "unknown messageType",
+                gz(&format!(
+                    r#"{{"messageType":"FUTURE_MESSAGE","logEvents":{ok_events}}}"#
+                )),
+                BadKind::UnknownMessageType,
+            ),
+            (
+                "missing messageType",
+                gz(&format!(r#"{{"logEvents":{ok_events}}}"#)),
+                BadKind::BadEnvelope,
+            ),
+            (
+                "data message without logEvents",
+                gz(r#"{"messageType":"DATA_MESSAGE"}"#),
+                BadKind::BadEnvelope,
+            ),
+            (
+                "logEvents not an array",
+                gz(r#"{"messageType":"DATA_MESSAGE","logEvents":{"message":"{}"}}"#),
+                BadKind::BadEnvelope,
+            ),
+            (
+                "messageType not a string",
+                gz(&format!(r#"{{"messageType":1,"logEvents":{ok_events}}}"#)),
+                BadKind::BadEnvelope,
+            ),
+            (
+                "owner not a string",
+                gz(&format!(
+                    r#"{{"messageType":"DATA_MESSAGE","owner":123456789012,"logEvents":{ok_events}}}"#
+                )),
+                BadKind::BadEnvelope,
+            ),
+            (
+                "duplicate logEvents",
+                gz(&format!(
+                    r#"{{"messageType":"DATA_MESSAGE","logEvents":{ok_events},"logEvents":{ok_events}}}"#
+                )),
+                BadKind::BadEnvelope,
+            ),
+            (
+                "an array, not an envelope",
+                gz(&format!("[{event}]")),
+                BadKind::BadEnvelope,
+            ),
+        ];
+        for (name, data, kind) in cases {
+            let (result, out) = decode(&data, &Limits::default());
+            let bad = result.expect_err(name);
+            assert_eq!(bad.kind, kind, "{name}: {bad}");
+            assert!(bad.position.starts_with("shardId-000000000001@"), "{name}");
+            assert!(!bad.position.contains('#'), "{name}");
+            assert!(bad.detail.chars().count() <= 201, "{name}");
+            assert!(out.events.is_empty(), "{name}");
+            assert!(out.bad.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_gzip_bomb_record_is_an_error() {
+        let huge = format!(
+            r#"{{"messageType":"DATA_MESSAGE","logEvents":[],"pad":"{}"}}"#,
+            " ".repeat(2 << 20)
+        );
+        let limits = Limits {
+            max_decompressed_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let (result, _) = decode(&gz(&huge), &limits);
+        assert_eq!(result.unwrap_err().kind, BadKind::GzipBomb);
+    }
+
+    #[test]
+    fn a_10_mb_message_is_set_aside_while_the_others_in_the_record_come_out() {
+        let big = format!(
+            r#"{{"eventName":"Big","pad":"{}"}}"#,
+            "x".repeat(10_000_000)
+        );
+        let record = encode_envelope("o", "g", "s", "f", &[(1, EVENT_A), (2, &big), (3, EVENT_B)]);
+        let (result, out) = decode(&record, &Limits::default());
+        assert_eq!(result.unwrap().events, 2);
+        assert_eq!(
+            out.events,
+            vec![(0, EVENT_A.to_owned()), (2, EVENT_B.to_owned())]
+        );
+        assert_eq!(out.bad.len(), 1);
+        let bad = &out.bad[0];
+        assert_eq!(bad.kind, BadKind::Oversize);
+        assert!(bad.position.ends_with("#1"), "{}", bad.position);
+        assert!(bad.detail.len() < 200);
+    }
+
+    #[test]
+    fn broken_log_events_are_set_aside_one_by_one() {
+        let a = serde_json::to_string(EVENT_A).unwrap();
+        let json = format!(
+            r#"{{"messageType":"DATA_MESSAGE","logEvents":[{{"id":"x"}},{{"message":{a}}},{{"message":5}},"text",{{"message":"plain text"}},{{"message":{{"eventName":"X"}}}},{{"message":{a},"message":{a}}},[1],{{"message":{a}}}]}}"#
+        );
+        let (result, out) = decode(&gz(&json), &Limits::default());
+        assert_eq!(result.unwrap().events, 2);
+        assert_eq!(
+            out.events,
+            vec![(1, EVENT_A.to_owned()), (8, EVENT_A.to_owned())]
+        );
+        let bad: Vec<(BadKind, String)> = out
+            .bad
+            .iter()
+            .map(|b| (b.kind, b.position.rsplit('#').next().unwrap().to_owned()))
+            .collect();
+        let expected: Vec<(BadKind, String)> = [
+            (BadKind::MissingField, 0),
+            (BadKind::BadField, 2),
+            (BadKind::BadField, 3),
+            (BadKind::BadField, 4),
+            (BadKind::BadField, 5),
+            (BadKind::BadField, 6),
+            (BadKind::BadField, 7),
+        ]
+        .into_iter()
+        .map(|(k, i)| (k, i.to_string()))
+        .collect();
+        assert_eq!(bad, expected);
+    }
+
+    #[test]
+    fn encode_envelope_round_trips_through_decode_envelope_json() {
+        let messages = [(1_700_000_000_000i64, EVENT_A), (-5, EVENT_B), (0, "{}")];
+        let record = encode_envelope("111122223333", "group", "stream", "filter", &messages);
+        let json = gzip::gunzip_capped(&record, 1 << 20).unwrap();
+        let envelope: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(envelope["subscriptionFilters"][0], "filter");
+        assert_eq!(envelope["logEvents"][1]["timestamp"], -5);
+        let mut events = Vec::new();
+        let summary = decode_envelope_json(
+            &json,
+            &Limits::default(),
+            "file",
+            |ev| events.push(ev.json.into_owned()),
+            |b| panic!("{b}"),
+        )
+        .unwrap();
+        assert_eq!(summary.events, 3);
+        assert_eq!(events, messages.map(|(_, m)| m.to_owned()));
+    }
+
+    #[test]
+    fn one_scratch_decodes_many_records() {
+        let mut scratch = Scratch::default();
+        for n in [3usize, 1, 0, 5] {
+            let messages: Vec<(i64, &str)> = (0..n).map(|i| (i as i64, EVENT_B)).collect();
+            let record = encode_envelope("o", "g", "s", "f", &messages);
+            let mut count = 0;
+            let summary = decode_record(
+                &record,
+                &Limits::default(),
+                "p",
+                &mut scratch,
+                |ev| {
+                    assert_eq!(ev.json, EVENT_B);
+                    count += 1;
+                },
+                |b| panic!("{b}"),
+            )
+            .unwrap();
+            assert_eq!((summary.events, count), (n, n));
+        }
+    }
+
+    #[test]
+    fn scratch_is_send() {
+        fn assert_send<T: Send + Default>() {}
+        assert_send::<Scratch>();
+    }
+
+    proptest! {
+        #[test]
+        fn decode_record_never_panics_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+            gzipped in any::<bool>(),
+        ) {
+            let data = if gzipped { gzip_bytes(&bytes) } else { bytes };
+            let _ = decode(&data, &Limits { max_decompressed_bytes: 4096, max_event_bytes: 64 });
+        }
+
+        #[test]
+        fn decode_record_never_panics_on_json_like_text(
+            text in r#"(\{|\}|\[|\]|"|:|,| |\\|messageType|DATA_MESSAGE|CONTROL_MESSAGE|logEvents|message|\{\\"a\\":1\}|null|1|true){0,60}"#,
+        ) {
+            let _ = decode(&gz(&text), &Limits { max_decompressed_bytes: 4096, max_event_bytes: 16 });
+        }
+    }
+
+    fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
+        let mut c = Compressor::new(CompressionLvl::fastest());
+        let mut out = vec![0u8; c.gzip_compress_bound(bytes.len())];
+        let n = c.gzip_compress(bytes, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+}

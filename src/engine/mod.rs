@@ -1,0 +1,359 @@
+//! The detection engine: one shared instance serves every consumer task.
+//!
+//! For each event: parse the fields it needs, classify its origin and credential, let the
+//! instance book learn from EC2 control-plane calls, then run the rules. All state lives in
+//! concurrent maps (no lock is held across an `.await`; the engine is synchronous), and time is
+//! event time: expiry follows a watermark, the latest event time seen.
+
+pub mod credential;
+pub mod instances;
+pub mod intern;
+pub mod origin;
+pub mod store;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{parse_expiry, Config};
+use crate::event::{format_time, CloudTrailEvent, EventError};
+use crate::finding::{ExceptionCheck, Finding};
+use crate::rules::{event_rules, session_token_reuse, RuleSet};
+
+use self::credential::{CredentialClass, Credential};
+use self::instances::{InstanceBook, InstanceSnapshot};
+use self::origin::OriginClass;
+use self::store::{SessionStore, StoreSnapshot};
+
+/// Where an event was read, for evidence and set-aside records: `prefix#index`.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    /// A file path, or `shardId@sequenceNumber`.
+    pub prefix: &'a str,
+    /// The event's index within the file or record.
+    pub index: usize,
+}
+
+impl fmt::Display for Position<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.prefix, self.index)
+    }
+}
+
+/// Why an origin needed no lock: the exceptions that explain a new origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explanation {
+    AwsService,
+    AwsInternal,
+    OrgVpcEndpoint,
+    InstanceAddress,
+    AllowList,
+    ConsoleRelay,
+    LambdaRuntime,
+}
+
+impl Explanation {
+    pub const ALL: [Explanation; 7] = [
+        Explanation::AwsService,
+        Explanation::AwsInternal,
+        Explanation::OrgVpcEndpoint,
+        Explanation::InstanceAddress,
+        Explanation::AllowList,
+        Explanation::ConsoleRelay,
+        Explanation::LambdaRuntime,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Explanation::AwsService => "aws_service",
+            Explanation::AwsInternal => "aws_internal",
+            Explanation::OrgVpcEndpoint => "org_vpc_endpoint",
+            Explanation::InstanceAddress => "instance_address",
+            Explanation::AllowList => "allow_list",
+            Explanation::ConsoleRelay => "console_relay",
+            Explanation::LambdaRuntime => "lambda_runtime",
+        }
+    }
+}
+
+/// Counters the engine keeps; the metrics layer reads them.
+#[derive(Default)]
+pub struct EngineStats {
+    pub events: AtomicU64,
+    pub by_origin: [AtomicU64; 7],
+    pub by_credential: [AtomicU64; 8],
+    /// Events with no tracked credential (IAM users, AWS services, console while off).
+    pub untracked: AtomicU64,
+    pub explained: [AtomicU64; 7],
+    pub sessions_expired: AtomicU64,
+    /// Events older than their session's window: ignored for locking.
+    pub late_events: AtomicU64,
+    /// Findings not repeated because the same (rule, session, origin) was already reported.
+    pub suppressed: AtomicU64,
+}
+
+impl EngineStats {
+    pub fn explained(&self, e: Explanation) {
+        self.explained[e as usize].fetch_add(1, Relaxed);
+    }
+}
+
+/// A compiled `[[allow]]` entry.
+#[derive(Debug, Clone)]
+struct Allow {
+    net: IpNet,
+    account: Option<String>,
+    role: Option<String>,
+    reason: String,
+    owner: Option<String>,
+    expires: Option<i64>,
+}
+
+/// Everything the engine knows, as data, for checkpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    pub watermark: i64,
+    pub store: StoreSnapshot,
+    pub instances: InstanceSnapshot,
+}
+
+pub struct Engine {
+    pub(crate) cfg: Config,
+    pub(crate) rules: RuleSet,
+    pub store: SessionStore,
+    pub instances: InstanceBook,
+    allow: Vec<Allow>,
+    org: HashSet<String>,
+    watermark: AtomicI64,
+    pub stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(cfg: &Config) -> Engine {
+        Engine {
+            rules: RuleSet::from_config(cfg),
+            allow: cfg
+                .allow
+                .iter()
+                .map(|a| Allow {
+                    net: a.cidr.trunc(),
+                    account: a.account.clone(),
+                    role: a.role.clone(),
+                    reason: a.reason.clone(),
+                    owner: a.owner.clone(),
+                    expires: a.expires.as_deref().and_then(parse_expiry),
+                })
+                .collect(),
+            org: cfg.organization.account_ids.iter().cloned().collect(),
+            cfg: cfg.clone(),
+            store: SessionStore::default(),
+            instances: InstanceBook::default(),
+            watermark: AtomicI64::new(0),
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Parses and processes one event's JSON text.
+    pub fn process_json(&self, json: &str, pos: Position<'_>) -> Result<Vec<Finding>, EventError> {
+        let ev = CloudTrailEvent::parse(json)?;
+        self.process(&ev, pos)
+    }
+
+    /// Processes one event; returns its findings (usually none).
+    pub fn process(
+        &self,
+        ev: &CloudTrailEvent<'_>,
+        pos: Position<'_>,
+    ) -> Result<Vec<Finding>, EventError> {
+        let t = ev.time_secs()?;
+        self.stats.events.fetch_add(1, Relaxed);
+        self.watermark.fetch_max(t, Relaxed);
+        let origin = origin::classify(ev);
+        self.stats.by_origin[origin.class().index()].fetch_add(1, Relaxed);
+
+        if instances::is_relevant(ev.event_name()) {
+            self.instances.observe(ev, t);
+        }
+        let cred = credential::classify(ev, &self.cfg.detection);
+        match &cred {
+            Some(c) => self.stats.by_credential[c.class as usize].fetch_add(1, Relaxed),
+            None => self.stats.untracked.fetch_add(1, Relaxed),
+        };
+        let mut out = Vec::new();
+        if let Some(c) = &cred {
+            session_token_reuse::check(self, ev, c, &origin, t, &pos, &mut out);
+        }
+        event_rules::check(self, ev, cred.as_ref(), &origin, t, &pos, &mut out);
+        Ok(out)
+    }
+
+    /// The latest event time seen (seconds since the epoch).
+    pub fn watermark(&self) -> i64 {
+        self.watermark.load(Relaxed)
+    }
+
+    /// Drops what expired before the watermark. Returns the sessions removed.
+    pub fn sweep(&self) -> usize {
+        self.sweep_at(self.watermark())
+    }
+
+    pub fn sweep_at(&self, now: i64) -> usize {
+        let removed = self.store.sweep(now, self.cfg.detection.max_sessions);
+        self.instances
+            .sweep(now - self.cfg.detection.window_secs as i64);
+        self.stats.sessions_expired.fetch_add(removed as u64, Relaxed);
+        removed
+    }
+
+    pub fn tracked_sessions(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            watermark: self.watermark(),
+            store: self.store.snapshot(),
+            instances: self.instances.snapshot(),
+        }
+    }
+
+    pub fn restore(&self, s: &EngineSnapshot) {
+        self.watermark.fetch_max(s.watermark, Relaxed);
+        self.store.restore(&s.store);
+        self.instances.restore(&s.instances);
+    }
+
+    /// Whether an account belongs to the organisation. With no `[organization]` configured, the
+    /// session's own account is the organisation.
+    pub(crate) fn in_org(&self, account: Option<&str>, session_account: Option<&str>) -> bool {
+        match account {
+            None => false,
+            Some(a) if self.org.is_empty() => Some(a) == session_account,
+            Some(a) => self.org.contains(a),
+        }
+    }
+
+    /// The `[[allow]]` entry that explains `addr` for this credential at time `t`, or why none did.
+    pub(crate) fn allow_check(
+        &self,
+        addr: Option<IpAddr>,
+        account: Option<&str>,
+        cred: &Credential<'_>,
+        t: i64,
+    ) -> ExceptionCheck {
+        let mut detail = match addr {
+            None => "the origin is not an address".to_string(),
+            Some(a) => format!("no [[allow]] entry contains {a}"),
+        };
+        if let Some(a) = addr {
+            for (i, e) in self.allow.iter().enumerate() {
+                if !e.net.contains(&a) {
+                    continue;
+                }
+                let label = format!("allow[{i}] {} ({})", e.net, e.reason);
+                if let Some(acct) = &e.account {
+                    if Some(acct.as_str()) != account {
+                        detail = format!("{label} is for account {acct} only");
+                        continue;
+                    }
+                }
+                if let Some(role) = &e.role {
+                    if Some(role.as_str()) != cred.role {
+                        detail = format!("{label} is for role {role} only");
+                        continue;
+                    }
+                }
+                if let Some(exp) = e.expires {
+                    if t > exp {
+                        detail = format!("{label} expired at {}", format_time(exp));
+                        continue;
+                    }
+                }
+                let owner = e.owner.as_deref().map(|o| format!(", owner {o}")).unwrap_or_default();
+                return ExceptionCheck {
+                    exception: Explanation::AllowList.as_str().into(),
+                    applied: true,
+                    detail: format!("{label}{owner}"),
+                };
+            }
+        }
+        ExceptionCheck {
+            exception: Explanation::AllowList.as_str().into(),
+            applied: false,
+            detail,
+        }
+    }
+
+    /// The instance-address credit that explains `addr` for an instance session, or why none did.
+    pub(crate) fn credit_check(&self, cred: &Credential<'_>, addr: Option<IpAddr>) -> ExceptionCheck {
+        let exception = Explanation::InstanceAddress.as_str().to_string();
+        let Some(instance) = cred.instance_id.as_deref() else {
+            return ExceptionCheck {
+                exception,
+                applied: false,
+                detail: format!("{} credentials are not an instance's", cred.class.as_str()),
+            };
+        };
+        let Some(addr) = addr else {
+            return ExceptionCheck {
+                exception,
+                applied: false,
+                detail: "the origin is not an address".into(),
+            };
+        };
+        match self.instances.credit_for(instance, addr) {
+            Some(call) => ExceptionCheck {
+                exception,
+                applied: true,
+                detail: format!("{addr} was given to {instance} by {call}"),
+            },
+            None => {
+                let credited = self.instances.credits(instance);
+                let list = if credited.is_empty() {
+                    "none seen".to_string()
+                } else {
+                    credited.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                };
+                ExceptionCheck {
+                    exception,
+                    applied: false,
+                    detail: format!(
+                        "no AssociateAddress, AttachNetworkInterface or AssignPrivateIpAddresses gave {addr} to {instance} (credited: {list})"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The exceptions that do not apply to a lockable origin, for a finding's evidence.
+    pub(crate) fn origin_checks(&self, class: OriginClass, text: &str) -> Vec<ExceptionCheck> {
+        let not = |e: Explanation, detail: String| ExceptionCheck {
+            exception: e.as_str().into(),
+            applied: false,
+            detail,
+        };
+        vec![
+            not(
+                Explanation::AwsService,
+                format!("{text} is a {} origin, not an AWS service", class.as_str()),
+            ),
+            not(Explanation::AwsInternal, format!("{text} is not AWS Internal")),
+            not(
+                Explanation::OrgVpcEndpoint,
+                "the call carried no vpcEndpointId".into(),
+            ),
+        ]
+    }
+
+    pub(crate) fn class_max_secs(&self, class: CredentialClass) -> i64 {
+        class.max_secs(&self.cfg.detection) as i64
+    }
+}

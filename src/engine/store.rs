@@ -1,0 +1,548 @@
+//! The session-origin store shared by every consumer task.
+//!
+//! One entry per workload session (an instance's role session across key rotations, else the
+//! access key), keyed by a 64-bit xxh3 of the session key. An entry is 34 bytes: the first-seen
+//! origin (an IPv4 address inline, anything else interned), the first event's id (a UUID as 16
+//! bytes), its time, the expiry, the interned user agent and two bytes of flags. Sessions that
+//! only ever had explained origins and the per-finding dedup marks live in small side tables.
+
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use super::intern::{Interner, NONE};
+use super::origin::{Origin, OriginClass};
+
+/// A 64-bit key that is already a hash.
+pub type Key = [u8; 8];
+
+pub fn key_of(text: &str) -> Key {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes()).to_le_bytes()
+}
+
+pub fn key_of_parts(parts: &[&[u8]]) -> Key {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(p);
+        h.update(&[0x1f]);
+    }
+    h.digest().to_le_bytes()
+}
+
+/// Keys are xxh3 outputs already: hashing them again is wasted work.
+#[derive(Default, Clone, Copy)]
+pub struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= (*b as u64) << (8 * i);
+        }
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+pub type Map<V> = DashMap<Key, V, BuildHasherDefault<PreHashed>>;
+
+fn new_map<V>() -> Map<V> {
+    DashMap::with_hasher(BuildHasherDefault::default())
+}
+
+/// How the home origin is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum HomeTag {
+    PublicV4 = 1,
+    PrivateV4 = 2,
+    /// IPv6 and opaque values are interned; the `home` field holds the id.
+    PublicV6 = 3,
+    PrivateV6 = 4,
+    Opaque = 5,
+    /// A Lambda session whose home is its runtime (user-agent markers), not an address.
+    LambdaRuntime = 6,
+}
+
+impl HomeTag {
+    fn from_bits(b: u8) -> HomeTag {
+        match b & 7 {
+            1 => HomeTag::PublicV4,
+            2 => HomeTag::PrivateV4,
+            3 => HomeTag::PublicV6,
+            4 => HomeTag::PrivateV6,
+            5 => HomeTag::Opaque,
+            _ => HomeTag::LambdaRuntime,
+        }
+    }
+
+    pub fn interned(self) -> bool {
+        matches!(self, HomeTag::PublicV6 | HomeTag::PrivateV6 | HomeTag::Opaque)
+    }
+
+    pub fn origin_class(self) -> OriginClass {
+        match self {
+            HomeTag::PublicV4 | HomeTag::PublicV6 => OriginClass::PublicIp,
+            HomeTag::PrivateV4 | HomeTag::PrivateV6 => OriginClass::PrivateIp,
+            HomeTag::Opaque => OriginClass::Opaque,
+            HomeTag::LambdaRuntime => OriginClass::AwsService,
+        }
+    }
+}
+
+const FLAG_EVENT_ID_INTERNED: u8 = 1 << 3;
+
+/// One tracked session: 34 bytes, packed.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, packed)]
+pub struct Session {
+    /// IPv4 address bits, or an interner id (see [`HomeTag::interned`]).
+    home: u32,
+    /// The first event's id: UUID bytes, or an interner id in the first four bytes.
+    event_id: [u8; 16],
+    pub first_time: u32,
+    pub expires: u32,
+    ua: u32,
+    /// bits 0..3: home tag; bit 3: event id interned.
+    flags: u8,
+    class: u8,
+}
+
+/// The parts of a home origin that are compared; IPv6 is masked to the configured prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HomeValue {
+    V4(Ipv4Addr),
+    Text(String),
+}
+
+/// The home of a candidate origin, as it would be stored. `None` for origins that never lock.
+pub fn home_of(origin: &Origin<'_>, ipv6_prefix_len: u8) -> Option<(HomeTag, HomeValue)> {
+    let v6 = |a: std::net::Ipv6Addr| {
+        let masked = ipnet::Ipv6Net::new(a, ipv6_prefix_len)
+            .map(|n| n.network())
+            .unwrap_or(a);
+        if ipv6_prefix_len >= 128 {
+            masked.to_string()
+        } else {
+            format!("{masked}/{ipv6_prefix_len}")
+        }
+    };
+    match origin {
+        Origin::PublicIp(IpAddr::V4(a)) => Some((HomeTag::PublicV4, HomeValue::V4(*a))),
+        Origin::PrivateIp(IpAddr::V4(a)) => Some((HomeTag::PrivateV4, HomeValue::V4(*a))),
+        Origin::PublicIp(IpAddr::V6(a)) => Some((HomeTag::PublicV6, HomeValue::Text(v6(*a)))),
+        Origin::PrivateIp(IpAddr::V6(a)) => Some((HomeTag::PrivateV6, HomeValue::Text(v6(*a)))),
+        Origin::Opaque(s) => Some((HomeTag::Opaque, HomeValue::Text(format!("o:{s}")))),
+        _ => None,
+    }
+}
+
+/// The first event of a session, as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeEvidence {
+    pub tag: HomeTag,
+    pub origin: String,
+    pub event_id: String,
+    pub time: i64,
+    pub user_agent: String,
+    pub class: u8,
+    pub expires: i64,
+}
+
+/// An origin that was explained, and by what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explained {
+    pub origin: String,
+    pub reason: String,
+}
+
+/// Side entry for sessions that had explained origins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Extras {
+    pub expires: u32,
+    pub explained: Vec<Explained>,
+}
+
+/// The most explained origins remembered per session.
+pub const MAX_EXPLAINED: usize = 16;
+
+pub struct SessionStore {
+    sessions: Map<Session>,
+    extras: Map<Extras>,
+    reported: Map<u32>,
+    strings: Arc<Interner>,
+}
+
+impl Default for SessionStore {
+    fn default() -> Self {
+        SessionStore {
+            sessions: new_map(),
+            extras: new_map(),
+            reported: new_map(),
+            strings: Arc::new(Interner::default()),
+        }
+    }
+}
+
+pub fn clamp_u32(t: i64) -> u32 {
+    t.clamp(0, u32::MAX as i64) as u32
+}
+
+impl Session {
+    pub fn tag(&self) -> HomeTag {
+        HomeTag::from_bits(self.flags)
+    }
+    pub fn class(&self) -> u8 {
+        self.class
+    }
+}
+
+/// What the caller wants to store as a session's first event.
+pub struct NewHome<'a> {
+    pub tag: HomeTag,
+    pub value: Option<&'a HomeValue>,
+    pub event_id: &'a str,
+    pub time: i64,
+    pub expires: i64,
+    pub user_agent: &'a str,
+    pub class: u8,
+}
+
+impl SessionStore {
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn interned_strings(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Builds a packed session, taking interner references.
+    pub fn make_session(&self, h: &NewHome<'_>) -> Session {
+        let home = match (h.tag, h.value) {
+            (_, Some(HomeValue::V4(a))) => u32::from(*a),
+            (_, Some(HomeValue::Text(t))) => self.strings.acquire(t),
+            (_, None) => NONE,
+        };
+        let (event_id, interned) = match uuid::Uuid::try_parse(h.event_id) {
+            Ok(u) => (*u.as_bytes(), false),
+            Err(_) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&self.strings.acquire(h.event_id).to_le_bytes());
+                (b, true)
+            }
+        };
+        Session {
+            home,
+            event_id,
+            first_time: clamp_u32(h.time),
+            expires: clamp_u32(h.expires),
+            ua: self.strings.acquire(h.user_agent),
+            flags: (h.tag as u8) | if interned { FLAG_EVENT_ID_INTERNED } else { 0 },
+            class: h.class,
+        }
+    }
+
+    /// Drops a session's interner references.
+    pub fn release(&self, s: &Session) {
+        if s.tag().interned() {
+            self.strings.release(s.home);
+        }
+        if s.flags & FLAG_EVENT_ID_INTERNED != 0 {
+            self.strings
+                .release(u32::from_le_bytes(s.event_id[..4].try_into().unwrap_or([0; 4])));
+        }
+        self.strings.release(s.ua);
+    }
+
+    /// Whether a session's home equals a candidate home.
+    pub fn same_home(&self, s: &Session, tag: HomeTag, value: &HomeValue) -> bool {
+        let home = s.home;
+        match value {
+            HomeValue::V4(a) => s.tag() == tag && home == u32::from(*a),
+            HomeValue::Text(t) => {
+                s.tag().interned() && self.strings.get(home).is_some_and(|h| &*h == t.as_str())
+            }
+        }
+    }
+
+    pub fn evidence(&self, s: &Session) -> HomeEvidence {
+        let tag = s.tag();
+        let home = s.home;
+        let origin = match tag {
+            HomeTag::PublicV4 | HomeTag::PrivateV4 => Ipv4Addr::from(home).to_string(),
+            HomeTag::LambdaRuntime => "lambda-runtime".to_string(),
+            _ => {
+                let t = self.strings.get(home).map(|s| s.to_string()).unwrap_or_default();
+                t.strip_prefix("o:").map(str::to_string).unwrap_or(t)
+            }
+        };
+        let event_id = if s.flags & FLAG_EVENT_ID_INTERNED != 0 {
+            let id = u32::from_le_bytes(s.event_id[..4].try_into().unwrap_or([0; 4]));
+            self.strings.get(id).map(|s| s.to_string()).unwrap_or_default()
+        } else {
+            uuid::Uuid::from_bytes(s.event_id).hyphenated().to_string()
+        };
+        HomeEvidence {
+            tag,
+            origin,
+            event_id,
+            time: s.first_time as i64,
+            user_agent: self.strings.get(s.ua).map(|s| s.to_string()).unwrap_or_default(),
+            class: s.class,
+            expires: s.expires as i64,
+        }
+    }
+
+    /// Runs `f` on the session entry under its shard's write lock. `f` receives the current
+    /// session (if any) and returns the new one (or `None` to remove it) and a result.
+    /// Never hold this across an `.await`: it is synchronous by construction.
+    pub fn update<R>(&self, key: Key, f: impl FnOnce(Option<&Session>) -> (Update, R)) -> R {
+        use dashmap::mapref::entry::Entry;
+        match self.sessions.entry(key) {
+            Entry::Occupied(mut occ) => {
+                let (upd, r) = f(Some(occ.get()));
+                match upd {
+                    Update::Keep => {}
+                    Update::Touch { expires } => {
+                        let s = occ.get_mut();
+                        let cur = s.expires;
+                        s.expires = cur.max(clamp_u32(expires));
+                    }
+                    Update::Replace(new) => {
+                        let old = occ.insert(new);
+                        self.release(&old);
+                    }
+                    Update::Remove => {
+                        let old = occ.remove();
+                        self.release(&old);
+                    }
+                }
+                r
+            }
+            Entry::Vacant(vac) => {
+                let (upd, r) = f(None);
+                if let Update::Replace(new) = upd {
+                    vac.insert(new);
+                }
+                r
+            }
+        }
+    }
+
+    /// Records an explained origin for a session (bounded).
+    pub fn add_explained(&self, key: Key, origin: String, reason: String, expires: i64) {
+        let mut e = self.extras.entry(key).or_default();
+        e.expires = e.expires.max(clamp_u32(expires));
+        if e.explained.iter().any(|x| x.origin == origin) {
+            return;
+        }
+        if e.explained.len() < MAX_EXPLAINED {
+            e.explained.push(Explained { origin, reason });
+        }
+    }
+
+    pub fn explained(&self, key: Key) -> Vec<Explained> {
+        self.extras
+            .get(&key)
+            .map(|e| e.explained.clone())
+            .unwrap_or_default()
+    }
+
+    /// Marks a (rule, session, origin) as reported until `expires`; false if it already was.
+    pub fn mark_reported(&self, dedup: Key, expires: i64) -> bool {
+        use dashmap::mapref::entry::Entry;
+        match self.reported.entry(dedup) {
+            Entry::Occupied(mut o) => {
+                let cur = *o.get();
+                *o.get_mut() = cur.max(clamp_u32(expires));
+                false
+            }
+            Entry::Vacant(v) => {
+                v.insert(clamp_u32(expires));
+                true
+            }
+        }
+    }
+
+    /// Removes everything that expired before `now`; then, if more than `max_sessions` remain,
+    /// the sessions closest to expiry. Returns the number of sessions removed.
+    pub fn sweep(&self, now: i64, max_sessions: usize) -> usize {
+        let now = clamp_u32(now);
+        let mut removed = 0usize;
+        self.sessions.retain(|_, s| {
+            let keep = s.expires >= now;
+            if !keep {
+                self.release(s);
+                removed += 1;
+            }
+            keep
+        });
+        self.extras.retain(|_, e| e.expires >= now);
+        self.reported.retain(|_, exp| *exp >= now);
+        let len = self.sessions.len();
+        if len > max_sessions {
+            let mut expiries: Vec<u32> = self.sessions.iter().map(|s| s.expires).collect();
+            let cut = len - max_sessions;
+            let (_, nth, _) = expiries.select_nth_unstable(cut - 1);
+            let threshold = *nth;
+            let mut budget = cut;
+            self.sessions.retain(|_, s| {
+                if budget > 0 && s.expires <= threshold {
+                    budget -= 1;
+                    self.release(s);
+                    removed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        removed
+    }
+
+    /// A portable copy of the store, with interned strings resolved.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            sessions: self
+                .sessions
+                .iter()
+                .map(|e| (u64::from_le_bytes(*e.key()), self.evidence(e.value())))
+                .collect(),
+            extras: self
+                .extras
+                .iter()
+                .map(|e| (u64::from_le_bytes(*e.key()), e.value().clone()))
+                .collect(),
+            reported: self
+                .reported
+                .iter()
+                .map(|e| (u64::from_le_bytes(*e.key()), *e.value()))
+                .collect(),
+        }
+    }
+
+    /// Loads a snapshot (entries already present are kept).
+    pub fn restore(&self, snap: &StoreSnapshot) {
+        for (k, h) in &snap.sessions {
+            let value = match h.tag {
+                HomeTag::PublicV4 | HomeTag::PrivateV4 => {
+                    h.origin.parse::<Ipv4Addr>().ok().map(HomeValue::V4)
+                }
+                HomeTag::Opaque => Some(HomeValue::Text(format!("o:{}", h.origin))),
+                HomeTag::PublicV6 | HomeTag::PrivateV6 => Some(HomeValue::Text(h.origin.clone())),
+                HomeTag::LambdaRuntime => None,
+            };
+            let s = self.make_session(&NewHome {
+                tag: h.tag,
+                value: value.as_ref(),
+                event_id: &h.event_id,
+                time: h.time,
+                expires: h.expires,
+                user_agent: &h.user_agent,
+                class: h.class,
+            });
+            let key = k.to_le_bytes();
+            if let Some(old) = self.sessions.insert(key, s) {
+                self.release(&old);
+            }
+        }
+        for (k, e) in &snap.extras {
+            self.extras.insert(k.to_le_bytes(), e.clone());
+        }
+        for (k, exp) in &snap.reported {
+            self.reported.insert(k.to_le_bytes(), *exp);
+        }
+    }
+}
+
+/// What [`SessionStore::update`] does with the entry.
+pub enum Update {
+    Keep,
+    /// Extend the expiry to at least this time.
+    Touch {
+        expires: i64,
+    },
+    Replace(Session),
+    Remove,
+}
+
+/// The store as data, for checkpoints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreSnapshot {
+    pub sessions: Vec<(u64, HomeEvidence)>,
+    pub extras: Vec<(u64, Extras)>,
+    pub reported: Vec<(u64, u32)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_entry_is_34_bytes() {
+        assert_eq!(std::mem::size_of::<Session>(), 34);
+    }
+
+    fn home(store: &SessionStore, tag: HomeTag, v: &HomeValue, t: i64) -> Session {
+        store.make_session(&NewHome {
+            tag,
+            value: Some(v),
+            event_id: "3f1c4e3a-9d8b-4c1e-a2f0-0123456789ab",
+            time: t,
+            expires: t + 100,
+            user_agent: "curl",
+            class: 0,
+        })
+    }
+
+    #[test]
+    fn evidence_round_trips_through_the_packed_entry() {
+        let store = SessionStore::default();
+        let v = HomeValue::Text("2600:1f18::1".into());
+        let s = home(&store, HomeTag::PublicV6, &v, 1000);
+        let ev = store.evidence(&s);
+        assert_eq!(ev.origin, "2600:1f18::1");
+        assert_eq!(ev.event_id, "3f1c4e3a-9d8b-4c1e-a2f0-0123456789ab");
+        assert_eq!(ev.user_agent, "curl");
+        assert!(store.same_home(&s, HomeTag::PublicV6, &v));
+        assert!(!store.same_home(&s, HomeTag::PublicV6, &HomeValue::Text("::2".into())));
+    }
+
+    #[test]
+    fn sweep_frees_sessions_and_their_strings() {
+        let store = SessionStore::default();
+        for i in 0..100u32 {
+            let s = home(&store, HomeTag::PublicV4, &HomeValue::V4(Ipv4Addr::from(i)), i as i64);
+            store.update(key_of(&i.to_string()), |_| (Update::Replace(s), ()));
+        }
+        assert_eq!(store.len(), 100);
+        assert_eq!(store.sweep(150, usize::MAX), 50);
+        assert_eq!(store.len(), 50);
+        assert_eq!(store.sweep(150, 10), 40);
+        assert_eq!(store.len(), 10);
+        assert_eq!(store.sweep(10_000, usize::MAX), 10);
+        assert_eq!(store.interned_strings(), 0);
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_homes() {
+        let a = SessionStore::default();
+        let s = home(&a, HomeTag::Opaque, &HomeValue::Text("o:075.050.255.67".into()), 5);
+        a.update(key_of("k"), |_| (Update::Replace(s), ()));
+        a.mark_reported(key_of("r"), 50);
+        let b = SessionStore::default();
+        b.restore(&a.snapshot());
+        let sb = b.update(key_of("k"), |s| (Update::Keep, *s.unwrap()));
+        assert_eq!(b.evidence(&sb), a.evidence(&s));
+        assert!(!b.mark_reported(key_of("r"), 50));
+    }
+}

@@ -1,0 +1,269 @@
+//! The fields of a CloudTrail event that credwatch reads, borrowed from the input buffer.
+//!
+//! Format: <https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-record-contents.html>
+//!
+//! Only what the engine needs is deserialized; everything else is skipped without building a
+//! `serde_json::Value`. Unknown fields are tolerated (AWS adds fields). `requestParameters` and
+//! `responseElements` stay raw and are parsed only by the few rules that need them.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One CloudTrail event. Strings borrow from the input unless they contained escapes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CloudTrailEvent<'a> {
+    #[serde(rename = "eventID", borrow)]
+    pub event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub event_time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub event_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub event_source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub aws_region: Option<Cow<'a, str>>,
+    #[serde(rename = "sourceIPAddress", borrow)]
+    pub source_ip_address: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub user_agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub error_code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub error_message: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub recipient_account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub vpc_endpoint_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub vpc_endpoint_account_id: Option<Cow<'a, str>>,
+    /// `"true"` on calls made with credentials issued to a console session.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub session_credential_from_console: bool,
+    #[serde(borrow)]
+    pub user_identity: UserIdentity<'a>,
+    #[serde(borrow)]
+    pub request_parameters: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub response_elements: Option<&'a RawValue>,
+}
+
+/// `userIdentity`: <https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-user-identity.html>
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UserIdentity<'a> {
+    #[serde(rename = "type", borrow)]
+    pub identity_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub principal_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub arn: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub access_key_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub user_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub invoked_by: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub session_context: Option<SessionContext<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionContext<'a> {
+    #[serde(borrow)]
+    pub attributes: Option<SessionAttributes<'a>>,
+    #[serde(borrow)]
+    pub session_issuer: Option<SessionIssuer<'a>>,
+    /// Present (e.g. `"2.0"`) when the credentials were delivered by the EC2 instance metadata service.
+    #[serde(borrow)]
+    pub ec2_role_delivery: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub source_identity: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionAttributes<'a> {
+    #[serde(borrow)]
+    pub creation_date: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionIssuer<'a> {
+    #[serde(rename = "type", borrow)]
+    pub issuer_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub arn: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub user_name: Option<Cow<'a, str>>,
+}
+
+/// CloudTrail writes some booleans as strings (`"true"`), some as JSON booleans.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B<'a> {
+        Bool(bool),
+        #[serde(borrow)]
+        Str(Cow<'a, str>),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match B::deserialize(d)? {
+        B::Bool(b) => b,
+        B::Str(s) => s.eq_ignore_ascii_case("true"),
+        B::Other(_) => false,
+    })
+}
+
+/// Why a JSON text could not be used as a CloudTrail event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("bad field `{field}`: {value:?}")]
+    BadField { field: &'static str, value: String },
+}
+
+impl EventError {
+    /// Low-cardinality label for metrics and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventError::NotJson(_) => "not_json",
+            EventError::MissingField(_) => "missing_field",
+            EventError::BadField { .. } => "bad_field",
+        }
+    }
+}
+
+impl<'a> CloudTrailEvent<'a> {
+    /// Parses one event from its JSON text, borrowing strings where possible.
+    pub fn parse(json: &'a str) -> Result<Self, EventError> {
+        let ev: CloudTrailEvent<'a> = serde_json::from_str(json).map_err(EventError::NotJson)?;
+        if ev.event_time.is_none() {
+            return Err(EventError::MissingField("eventTime"));
+        }
+        if ev.event_name.is_none() {
+            return Err(EventError::MissingField("eventName"));
+        }
+        Ok(ev)
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.event_id.as_deref().unwrap_or("")
+    }
+    pub fn event_name(&self) -> &str {
+        self.event_name.as_deref().unwrap_or("")
+    }
+    pub fn event_source(&self) -> &str {
+        self.event_source.as_deref().unwrap_or("")
+    }
+    pub fn user_agent(&self) -> &str {
+        self.user_agent.as_deref().unwrap_or("")
+    }
+    pub fn access_key_id(&self) -> Option<&str> {
+        self.user_identity.access_key_id.as_deref().filter(|k| !k.is_empty())
+    }
+    pub fn account_id(&self) -> Option<&str> {
+        self.user_identity
+            .account_id
+            .as_deref()
+            .or(self.recipient_account_id.as_deref())
+    }
+    pub fn arn(&self) -> Option<&str> {
+        self.user_identity.arn.as_deref()
+    }
+    pub fn succeeded(&self) -> bool {
+        self.error_code.as_deref().is_none_or(str::is_empty)
+    }
+    pub fn creation_date(&self) -> Option<&str> {
+        self.user_identity
+            .session_context
+            .as_ref()?
+            .attributes
+            .as_ref()?
+            .creation_date
+            .as_deref()
+    }
+
+    /// Event time in seconds since the Unix epoch.
+    pub fn time_secs(&self) -> Result<i64, EventError> {
+        let raw = self.event_time.as_deref().ok_or(EventError::MissingField("eventTime"))?;
+        parse_time(raw).ok_or_else(|| EventError::BadField {
+            field: "eventTime",
+            value: raw.chars().take(64).collect(),
+        })
+    }
+
+    /// `requestParameters` parsed into `T`; `None` when absent, null or of another shape.
+    pub fn request<T: Deserialize<'a>>(&self) -> Option<T> {
+        self.request_parameters.and_then(|r| serde_json::from_str(r.get()).ok())
+    }
+
+    /// `responseElements` parsed into `T`; `None` when absent, null or of another shape.
+    pub fn response<T: Deserialize<'a>>(&self) -> Option<T> {
+        self.response_elements.and_then(|r| serde_json::from_str(r.get()).ok())
+    }
+}
+
+/// Parses an RFC 3339 time such as `2024-08-02T08:23:24Z` into seconds since the epoch.
+pub fn parse_time(raw: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC (`2024-08-02T08:23:24Z`).
+pub fn format_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_borrowed_fields_and_tolerates_unknown_ones() {
+        let json = r#"{"eventVersion":"1.08","eventID":"e1","eventTime":"2024-08-02T08:23:55Z",
+            "eventName":"GetCallerIdentity","eventSource":"sts.amazonaws.com","sourceIPAddress":"1.2.3.4",
+            "someFutureField":{"a":[1,2,3]},
+            "userIdentity":{"type":"AssumedRole","accessKeyId":"ASIAX","sessionContext":{
+              "attributes":{"creationDate":"2024-08-02T08:20:52Z","mfaAuthenticated":"false"},
+              "ec2RoleDelivery":"2.0"}},
+            "requestParameters":{"instanceId":"i-1"}}"#;
+        let ev = CloudTrailEvent::parse(json).unwrap();
+        assert_eq!(ev.event_id(), "e1");
+        assert_eq!(ev.access_key_id(), Some("ASIAX"));
+        assert_eq!(ev.creation_date(), Some("2024-08-02T08:20:52Z"));
+        assert_eq!(ev.time_secs().unwrap(), 1722587035);
+        assert!(matches!(ev.event_id, Some(Cow::Borrowed(_))));
+        assert!(ev.succeeded());
+    }
+
+    #[test]
+    fn missing_event_time_is_a_missing_field() {
+        let err = CloudTrailEvent::parse(r#"{"eventName":"X"}"#).unwrap_err();
+        assert_eq!(err.kind(), "missing_field");
+    }
+
+    #[test]
+    fn console_flag_accepts_string_and_bool() {
+        for v in [r#""true""#, "true"] {
+            let json = format!(
+                r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"X","sessionCredentialFromConsole":{v}}}"#
+            );
+            assert!(CloudTrailEvent::parse(&json).unwrap().session_credential_from_console);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! credwatch: catches stolen AWS temporary credentials while they are being used.
+//!
+//! The pipeline is wired in [`app`]: decoders ([`decode`]) turn bytes into CloudTrail events
+//! ([`event`]), the [`engine`] classifies each event's origin and credential, keeps the
+//! session-origin store, runs the rules and returns [`finding::Finding`]s.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod engine;
+pub mod event;
+pub mod finding;
+pub mod hunt;
+pub mod rules;

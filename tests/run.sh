@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# THE test command: sets up everything the tests need on a fresh machine, then runs
+# formatting, lints and every test. Exits non-zero on any failure.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+step() { echo "==> $*" >&2; }
+
+step "moto server (local AWS emulator)"
+bash tests/stack/ensure-moto.sh
+# The Rust test harness (tests/support/moto.rs) spawns its own moto server per test from here.
+export CREDWATCH_MOTO_SERVER="$REPO/.venv/bin/moto_server"
+
+# ---- more test dependencies go here (e.g. Prometheus) ------------------------------------
+# ---- end of test dependencies ------------------------------------------------------------
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets"
+cargo test --all-targets

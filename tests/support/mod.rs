@@ -1,0 +1,6 @@
+//! Support shared by the integration tests: include it with `mod support;`.
+//!
+//! Every integration test binary compiles this module whole and uses only part of it.
+#![allow(dead_code)]
+
+pub mod moto;

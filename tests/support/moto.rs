@@ -1,0 +1,416 @@
+//! A real local AWS emulator for integration tests: one moto server per test, on 127.0.0.1.
+//!
+//! The binary comes from `CREDWATCH_MOTO_SERVER` (set by `tests/run.sh`), else from the repo's
+//! `.venv`, which `tests/stack/ensure-moto.sh` creates when needed: a test never skips for want
+//! of moto.
+//!
+//! What moto 5.2.5 does differently from AWS (the tests rely on it, the code must not):
+//! - every PutLogEvents call becomes exactly one Kinesis record, under a random partition key,
+//!   so one log stream's batches spread over the shards;
+//! - `logEvents[].id` is a JSON number, not a string; sequence numbers are short ("1", "2");
+//! - the filter pattern is ignored and no CONTROL_MESSAGE is sent when a filter is created;
+//! - log events older than 14 days are dropped (reported in `rejectedLogEventsInfo`), yet an
+//!   envelope is still sent, with fewer (possibly no) log events;
+//! - a closed shard never returns a null `NextShardIterator`.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_cloudwatchlogs::types::{Distribution, InputLogEvent};
+use aws_sdk_kinesis::config::Credentials;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
+
+pub const REGION: &str = "us-east-1";
+/// moto's default account.
+pub const ACCOUNT_ID: &str = "123456789012";
+/// moto accepts any role ARN on a subscription filter.
+pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/cwl-to-kinesis";
+/// The name of the subscription filter that `create_log_group_with_subscription` creates.
+pub const SUBSCRIPTION_FILTER: &str = "credwatch-to-kinesis";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const START_ATTEMPTS: usize = 3;
+
+/// A Kinesis record as read back: (shard id, sequence number, data).
+pub type StreamRecord = (String, String, Vec<u8>);
+
+/// A moto server process, killed on drop.
+pub struct MotoServer {
+    child: Child,
+    port: u16,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MotoServer {
+    /// Starts a fresh moto server on a free loopback port and waits until it answers.
+    pub fn start() -> MotoServer {
+        // Never ask EC2 instance metadata for anything during tests. Set before any SDK client
+        // exists; Rust 2021 keeps `set_var` safe.
+        static ENV: OnceLock<()> = OnceLock::new();
+        ENV.get_or_init(|| std::env::set_var("AWS_EC2_METADATA_DISABLED", "true"));
+
+        let bin = moto_binary();
+        let dir = tempfile::tempdir().expect("temp dir for the moto log");
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let log_path = dir.path().join(format!("moto-{port}.log"));
+            let log = std::fs::File::create(&log_path).expect("create moto log");
+            let mut child = Command::new(bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone moto log handle"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+            match wait_ready(&mut child, port) {
+                Ok(()) => {
+                    return MotoServer {
+                        child,
+                        port,
+                        log_path,
+                        _dir: dir,
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    last_error = format!("{e}\n--- moto log ---\n{log}");
+                }
+            }
+        }
+        panic!("moto server did not start after {START_ATTEMPTS} attempts: {last_error}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SDK configuration pointing at this server: us-east-1, static test credentials.
+    pub async fn sdk_config(&self) -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .endpoint_url(self.endpoint())
+            .load()
+            .await
+    }
+
+    pub async fn kinesis(&self) -> aws_sdk_kinesis::Client {
+        aws_sdk_kinesis::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn logs(&self) -> aws_sdk_cloudwatchlogs::Client {
+        aws_sdk_cloudwatchlogs::Client::new(&self.sdk_config().await)
+    }
+
+    /// Creates a Kinesis stream, waits until it is ACTIVE and returns its ARN.
+    pub async fn create_stream(&self, name: &str, shards: i32) -> String {
+        let kinesis = self.kinesis().await;
+        kinesis
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateStream {name}: {e:?}"));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let summary = kinesis
+                .describe_stream_summary()
+                .stream_name(name)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("DescribeStreamSummary {name}: {e:?}"));
+            let summary = summary
+                .stream_description_summary()
+                .expect("stream description summary");
+            if *summary.stream_status() == StreamStatus::Active {
+                return summary.stream_arn().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {name} never became ACTIVE"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The ARN of an existing stream.
+    pub async fn stream_arn(&self, name: &str) -> String {
+        let summary = self
+            .kinesis()
+            .await
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeStreamSummary {name}: {e:?}"));
+        summary
+            .stream_description_summary()
+            .expect("stream description summary")
+            .stream_arn()
+            .to_string()
+    }
+
+    /// Creates a log group and a subscription filter ([`SUBSCRIPTION_FILTER`]) that sends
+    /// everything put into it to the Kinesis stream `stream_name`.
+    pub async fn create_log_group_with_subscription(&self, group: &str, stream_name: &str) {
+        let stream_arn = self.stream_arn(stream_name).await;
+        let logs = self.logs().await;
+        logs.create_log_group()
+            .log_group_name(group)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateLogGroup {group}: {e:?}"));
+        logs.put_subscription_filter()
+            .log_group_name(group)
+            .filter_name(SUBSCRIPTION_FILTER)
+            .filter_pattern("")
+            .destination_arn(&stream_arn)
+            .role_arn(ROLE_ARN)
+            .distribution(Distribution::ByLogStream)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutSubscriptionFilter {group} -> {stream_arn}: {e:?}"));
+    }
+
+    /// Puts `(timestamp ms, message)` events with one PutLogEvents call, creating the log stream
+    /// if it is missing. Timestamps must be ascending and within the last 14 days.
+    pub async fn put_log_events(&self, group: &str, log_stream: &str, events: &[(i64, String)]) {
+        let logs = self.logs().await;
+        if let Err(e) = logs
+            .create_log_stream()
+            .log_group_name(group)
+            .log_stream_name(log_stream)
+            .send()
+            .await
+        {
+            let exists = e
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_already_exists_exception());
+            assert!(exists, "CreateLogStream {group}/{log_stream}: {e:?}");
+        }
+        let events: Vec<InputLogEvent> = events
+            .iter()
+            .map(|(ts, message)| {
+                InputLogEvent::builder()
+                    .timestamp(*ts)
+                    .message(message)
+                    .build()
+                    .expect("timestamp and message are set")
+            })
+            .collect();
+        let out = logs
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(log_stream)
+            .set_log_events(Some(events))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutLogEvents {group}/{log_stream}: {e:?}"));
+        assert!(
+            out.rejected_log_events_info().is_none(),
+            "PutLogEvents {group}/{log_stream} rejected events: {:?}",
+            out.rejected_log_events_info()
+        );
+    }
+
+    /// Puts raw `(partition key, data)` records with one PutRecords call; returns each record's
+    /// (shard id, sequence number), in order.
+    pub async fn put_records(
+        &self,
+        stream: &str,
+        records: &[(&str, Vec<u8>)],
+    ) -> Vec<(String, String)> {
+        let entries: Vec<PutRecordsRequestEntry> = records
+            .iter()
+            .map(|(key, data)| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(*key)
+                    .data(Blob::new(data.clone()))
+                    .build()
+                    .expect("partition key and data are set")
+            })
+            .collect();
+        let out = self
+            .kinesis()
+            .await
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutRecords {stream}: {e:?}"));
+        assert_eq!(
+            out.failed_record_count().unwrap_or(0),
+            0,
+            "PutRecords {stream}: {out:?}"
+        );
+        out.records()
+            .iter()
+            .map(|r| {
+                (
+                    r.shard_id().expect("shard id").to_string(),
+                    r.sequence_number().expect("sequence number").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Reads every shard of `stream` from TRIM_HORIZON until a read comes back empty; returns the
+    /// records shard by shard, in shard order.
+    pub async fn read_all_records(&self, stream: &str) -> Vec<StreamRecord> {
+        let kinesis = self.kinesis().await;
+        let mut shard_ids = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let req = match &next_token {
+                Some(token) => kinesis.list_shards().next_token(token),
+                None => kinesis.list_shards().stream_name(stream),
+            };
+            let out = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("ListShards {stream}: {e:?}"));
+            shard_ids.extend(out.shards().iter().map(|s| s.shard_id().to_string()));
+            next_token = out.next_token().map(str::to_string);
+            if next_token.is_none() {
+                break;
+            }
+        }
+
+        let mut records = Vec::new();
+        for shard_id in shard_ids {
+            let mut iterator = kinesis
+                .get_shard_iterator()
+                .stream_name(stream)
+                .shard_id(&shard_id)
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GetShardIterator {stream}/{shard_id}: {e:?}"))
+                .shard_iterator()
+                .map(str::to_string);
+            while let Some(it) = iterator {
+                let out = kinesis
+                    .get_records()
+                    .shard_iterator(it)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("GetRecords {stream}/{shard_id}: {e:?}"));
+                if out.records().is_empty() {
+                    break;
+                }
+                records.extend(out.records().iter().map(|r| {
+                    (
+                        shard_id.clone(),
+                        r.sequence_number().to_string(),
+                        r.data().as_ref().to_vec(),
+                    )
+                }));
+                iterator = out.next_shard_iterator().map(str::to_string);
+            }
+        }
+        records
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The moto_server binary: `$CREDWATCH_MOTO_SERVER`, else the repo's `.venv`, installed on demand.
+fn moto_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CREDWATCH_MOTO_SERVER") {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "CREDWATCH_MOTO_SERVER={} does not exist; unset it or run tests/stack/ensure-moto.sh",
+                bin.display()
+            );
+            return bin;
+        }
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Quick when moto is already installed at the pinned version; installs it otherwise.
+        let out = Command::new("bash")
+            .arg(repo.join("tests/stack/ensure-moto.sh"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tests/stack/ensure-moto.sh");
+        assert!(
+            out.status.success(),
+            "tests/stack/ensure-moto.sh failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        repo.join(".venv/bin/moto_server")
+    })
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Waits until the server at `port` answers `GET /moto-api/` with 200, while `child` runs.
+fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("moto server exited early: {status}"));
+        }
+        if http_get_ok(port) {
+            // Still ours? A server that lost the port race exits instead of serving.
+            return match child.try_wait().map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(status) => Err(format!("moto server exited: {status}")),
+            };
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no answer on port {port} after {READY_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn http_get_ok(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    if conn.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && head.ends_with(b"200")
+}
