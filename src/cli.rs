@@ -38,8 +38,38 @@ pub enum Command {
         #[arg(env = "CREDWATCH_CONFIG")]
         file: PathBuf,
     },
+    /// Consume a Kinesis data stream fed by a CloudWatch Logs subscription filter, in real time.
+    Run(RunArgs),
     /// List the rules with their default severities.
     Rules,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); the flags below override it.
+    #[arg(long, env = "CREDWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kinesis data stream name (`kinesis.stream`).
+    #[arg(long, env = "CREDWATCH_STREAM")]
+    pub stream: Option<String>,
+    /// AWS region (`kinesis.region`).
+    #[arg(long, env = "CREDWATCH_REGION")]
+    pub region: Option<String>,
+    /// Endpoint URL, for an emulator (`kinesis.endpoint_url`).
+    #[arg(long, env = "CREDWATCH_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Findings as JSON lines (`output.findings_file`); default: standard output.
+    #[arg(long, env = "CREDWATCH_FINDINGS_OUT")]
+    pub findings_out: Option<PathBuf>,
+    /// Set-aside records as JSON lines (`output.dead_letter_file`).
+    #[arg(long, env = "CREDWATCH_DEAD_LETTER_OUT")]
+    pub dead_letter_out: Option<PathBuf>,
+    /// Folder for checkpoints and store snapshots (`checkpoint.dir`).
+    #[arg(long, env = "CREDWATCH_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Address for /metrics, /livez and /readyz (`metrics.addr`).
+    #[arg(long, env = "CREDWATCH_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -83,6 +113,7 @@ pub fn run(cli: Cli) -> i32 {
                 EXIT_ERROR
             }
         },
+        Command::Run(args) => run_cmd(args),
         Command::Rules => {
             for r in RULES {
                 println!("{:<30} {:<8} {}", r.id, r.severity.as_str(), r.description);
@@ -140,4 +171,44 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         return EXIT_FINDINGS;
     }
     EXIT_OK
+}
+
+fn run_cmd(args: RunArgs) -> i32 {
+    let mut cfg = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("credwatch: config: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let k = &mut cfg.kinesis;
+    k.stream = args.stream.or(k.stream.take());
+    k.region = args.region.or(k.region.take());
+    k.endpoint_url = args.endpoint_url.or(k.endpoint_url.take());
+    if let Some(p) = args.findings_out {
+        cfg.output.findings_file = Some(p);
+    }
+    if let Some(p) = args.dead_letter_out {
+        cfg.output.dead_letter_file = Some(p);
+    }
+    if let Some(d) = args.checkpoint_dir {
+        cfg.checkpoint.dir = d;
+    }
+    if let Some(a) = args.metrics_addr {
+        cfg.metrics.addr = a;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("credwatch: cannot start the runtime: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    match rt.block_on(crate::kinesis::run(cfg)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("credwatch: {e:#}");
+            EXIT_ERROR
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! session-origin store, runs the rules and returns [`finding::Finding`]s.
 
 pub mod app;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod decode;
@@ -12,4 +13,7 @@ pub mod engine;
 pub mod event;
 pub mod finding;
 pub mod hunt;
+pub mod kinesis;
+pub mod metrics;
 pub mod rules;
+pub mod sink;

@@ -3,4 +3,5 @@
 //! Every integration test binary compiles this module whole and uses only part of it.
 #![allow(dead_code)]
 
+pub mod kinesis_mock;
 pub mod moto;

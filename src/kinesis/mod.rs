@@ -1,0 +1,375 @@
+//! `credwatch run`: consumes every shard of a Kinesis data stream fed by a CloudWatch Logs
+//! subscription filter, with one task per shard feeding one shared engine.
+//!
+//! The coordinator (this file) owns the shard positions: it lists shards (paging), starts a task
+//! for each shard whose parents are finished, follows resharding, checkpoints on a timer and at
+//! shutdown. Each shard task ([`shard`]) reads with GetRecords and processes whole batches while
+//! holding the checkpoint gate for reading; the checkpointer takes it for writing, so a
+//! checkpoint never covers a record whose findings are not yet written, and never misses one.
+//! API: <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_GetRecords.html>
+
+pub mod sequence;
+mod shard;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_kinesis::Client;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore, ShardCheckpoint};
+use crate::config::{Config, KinesisConfig, StartPosition};
+use crate::decode::Limits;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::sink::{DeadLetterSink, FindingsSink};
+
+/// How long shutdown waits for shard tasks to finish their batches.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
+/// How often expired sessions are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// State shared by the coordinator, the shard tasks and the checkpointer.
+pub(crate) struct Shared {
+    pub engine: Arc<Engine>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub findings: Mutex<FindingsSink>,
+    pub dead_letters: Mutex<DeadLetterSink>,
+    pub positions: Mutex<BTreeMap<String, ShardCheckpoint>>,
+    /// Shard tasks hold it for reading while a batch is processed and written; the
+    /// checkpointer holds it for writing while it copies positions and the engine.
+    pub gate: tokio::sync::RwLock<()>,
+    pub shutdown: CancellationToken,
+    pub client: Client,
+    pub stream: String,
+    pub kinesis: KinesisConfig,
+}
+
+/// Where a shard task starts.
+#[derive(Debug, Clone)]
+pub(crate) enum Start {
+    After(sequence::SequenceNumber),
+    TrimHorizon,
+    Latest,
+    AtTimestamp(i64),
+}
+
+/// How a shard task ended.
+#[derive(Debug)]
+pub(crate) enum ShardExit {
+    /// SHARD_END reached and processed.
+    Finished,
+    Shutdown,
+}
+
+/// Builds an SDK config from `[kinesis]` region and endpoint (else the default chain).
+pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    if let Some(u) = endpoint_url {
+        loader = loader.endpoint_url(u);
+    }
+    loader.load().await
+}
+
+/// Lists every shard of the stream, following `NextToken`.
+async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<aws_sdk_kinesis::types::Shard>> {
+    let mut shards = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let req = match &next {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("ListShards on {stream}: {}", aws_sdk_kinesis::error::DisplayErrorContext(&e)))?;
+        shards.extend(resp.shards().iter().cloned());
+        match resp.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(shards)
+}
+
+/// Runs until SIGTERM/SIGINT (or a fatal error). Returns after the final checkpoint.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let stream = cfg
+        .kinesis
+        .stream
+        .clone()
+        .context("kinesis.stream (or --stream) is required for `run`")?;
+    let store = CheckpointStore::new(&cfg.checkpoint.dir)
+        .with_context(|| format!("checkpoint.dir {}", cfg.checkpoint.dir.display()))?;
+    let previous = store.load()?;
+    let engine = Arc::new(Engine::new(&cfg));
+    let mut positions = BTreeMap::new();
+    let mut findings_offset = 0;
+    if let Some(cp) = &previous {
+        if cp.stream != stream {
+            anyhow::bail!(
+                "checkpoint.dir {} holds a checkpoint of stream {:?}, not {stream:?}",
+                cfg.checkpoint.dir.display(),
+                cp.stream
+            );
+        }
+        engine.restore(&cp.engine);
+        positions = cp.shards.clone();
+        findings_offset = cp.findings_offset;
+        tracing::info!(shards = positions.len(), sessions = engine.tracked_sessions(), "resuming from checkpoint");
+    }
+    let findings = match &cfg.output.findings_file {
+        Some(p) => FindingsSink::open(p, findings_offset).with_context(|| format!("output.findings_file {}", p.display()))?,
+        None => FindingsSink::stdout(),
+    };
+    let dead_letters = DeadLetterSink::open(cfg.output.dead_letter_file.as_deref())
+        .with_context(|| format!("output.dead_letter_file {:?}", cfg.output.dead_letter_file))?;
+    let sdk = sdk_config(cfg.kinesis.region.as_deref(), cfg.kinesis.endpoint_url.as_deref()).await;
+    let metrics = Arc::new(Metrics::new());
+    metrics.init_labels();
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        limits: Limits::from(&cfg.input),
+        metrics: metrics.clone(),
+        findings: Mutex::new(findings),
+        dead_letters: Mutex::new(dead_letters),
+        positions: Mutex::new(positions),
+        gate: tokio::sync::RwLock::new(()),
+        shutdown: shutdown.clone(),
+        client: Client::new(&sdk),
+        stream: stream.clone(),
+        kinesis: cfg.kinesis.clone(),
+    });
+
+    let (addr, http) = crate::metrics::serve(&cfg.metrics.addr, metrics.clone(), engine.clone(), shutdown.child_token()).await?;
+    tracing::info!(%addr, "metrics listening on {addr}");
+    spawn_signal_handler(shutdown.clone());
+    let store = Arc::new(store);
+    let checkpointer = {
+        let (shared, store) = (shared.clone(), store.clone());
+        let every = Duration::from_secs(cfg.checkpoint.interval_secs);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {
+                        if let Err(e) = checkpoint(&shared, &store).await {
+                            tracing::error!(error = %e, "checkpoint failed");
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let sweeper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(SWEEP_INTERVAL) => {
+                        let removed = shared.engine.sweep();
+                        tracing::debug!(removed, "swept expired sessions");
+                    }
+                }
+            }
+        })
+    };
+
+    let result = coordinate(shared.clone()).await;
+    shutdown.cancel();
+    metrics.ready.store(false, Relaxed);
+    let _ = checkpointer.await;
+    let _ = sweeper.await;
+    let final_cp = checkpoint(&shared, &store).await;
+    let _ = http.await;
+    result?;
+    final_cp.context("final checkpoint")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        shutdown.cancel();
+    });
+}
+
+/// Takes a consistent checkpoint: positions, findings offset and engine state at one instant
+/// between batches; writes it off the async threads.
+async fn checkpoint(shared: &Arc<Shared>, store: &Arc<CheckpointStore>) -> anyhow::Result<()> {
+    let cp = {
+        let _exclusive = shared.gate.write().await;
+        let mut findings = shared.findings.lock().unwrap_or_else(|p| p.into_inner());
+        let cp = Checkpoint {
+            version: 1,
+            stream: shared.stream.clone(),
+            written_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            shards: shared.positions.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            findings_offset: findings.offset(),
+            engine: shared.engine.snapshot(),
+        };
+        findings.checkpointed();
+        cp
+    };
+    let store = store.clone();
+    let res = tokio::task::spawn_blocking(move || store.save(&cp)).await?;
+    match res {
+        Ok(()) => {
+            shared.metrics.checkpoint_writes.with_label_values(&["ok"]).inc();
+            shared.metrics.last_checkpoint_unix.store(chrono::Utc::now().timestamp(), Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            shared.metrics.checkpoint_writes.with_label_values(&["error"]).inc();
+            Err(e.into())
+        }
+    }
+}
+
+/// Lists shards, starts readers in parent-first order, follows new shards, until shutdown.
+async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut known: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<(String, anyhow::Result<ShardExit>)> = JoinSet::new();
+    let mut first_listing_done = false;
+    let mut ticker = tokio::time::interval(Duration::from_secs(shared.kinesis.shard_discovery_interval_secs.max(1)));
+    let mut fatal: Option<anyhow::Error> = None;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = ticker.tick() => {
+                match list_shards(&shared.client, &shared.stream).await {
+                    Ok(shards) => {
+                        for s in shards {
+                            let parents: Vec<String> = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                                .into_iter()
+                                .flatten()
+                                .map(str::to_string)
+                                .collect();
+                            if !known.contains_key(s.shard_id()) {
+                                tracing::info!(shard = s.shard_id(), ?parents, "shard found");
+                            }
+                            known.insert(s.shard_id().to_string(), parents);
+                        }
+                        start_eligible(&shared, &known, &mut running, &mut tasks, !first_listing_done);
+                        first_listing_done = true;
+                        shared.metrics.ready.store(!running.is_empty() || !known.is_empty(), Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "listing shards failed; will retry"),
+                }
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let (shard_id, exit) = match joined {
+                    Ok(x) => x,
+                    Err(e) => { fatal = Some(anyhow::anyhow!("a shard task panicked: {e}")); break; }
+                };
+                running.remove(&shard_id);
+                shared.metrics.shards_owned.set(running.len() as i64);
+                match exit {
+                    Ok(ShardExit::Finished) => {
+                        tracing::info!(shard = %shard_id, "shard finished (SHARD_END)");
+                        shared.positions.lock().unwrap_or_else(|p| p.into_inner()).entry(shard_id).or_default().finished = true;
+                        start_eligible(&shared, &known, &mut running, &mut tasks, false);
+                    }
+                    Ok(ShardExit::Shutdown) => {}
+                    Err(e) => { fatal = Some(e.context(format!("shard {shard_id}"))); break; }
+                }
+            }
+        }
+    }
+    shared.shutdown.cancel();
+    shared.metrics.ready.store(false, Relaxed);
+    let drain = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((shard_id, Err(e))) = joined {
+                tracing::error!(shard = %shard_id, error = %e, "shard task failed during shutdown");
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, drain).await.is_err() {
+        tracing::warn!("shard tasks did not stop within the deadline; aborting them");
+        tasks.abort_all();
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Starts every known shard that is not finished, not running, and whose parents are finished
+/// (or no longer listed: trimmed past retention).
+fn start_eligible(
+    shared: &Arc<Shared>,
+    known: &BTreeMap<String, Vec<String>>,
+    running: &mut HashSet<String>,
+    tasks: &mut JoinSet<(String, anyhow::Result<ShardExit>)>,
+    initial: bool,
+) {
+    let positions = shared.positions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let done = |id: &str| positions.get(id).is_some_and(|p| p.finished) || !known.contains_key(id);
+    for (id, parents) in known {
+        if running.contains(id) || positions.get(id).is_some_and(|p| p.finished) {
+            continue;
+        }
+        if !parents.iter().all(|p| done(p)) {
+            continue;
+        }
+        let start = match positions.get(id).and_then(|p| p.sequence_number.clone()) {
+            Some(seq) => Start::After(seq),
+            // Children and shards found later are read from their start, whatever the config.
+            None if !initial || !parents.is_empty() => Start::TrimHorizon,
+            None => match shared.kinesis.start_position {
+                StartPosition::TrimHorizon => Start::TrimHorizon,
+                StartPosition::Latest => Start::Latest,
+                StartPosition::AtTimestamp => Start::AtTimestamp(
+                    shared
+                        .kinesis
+                        .start_timestamp
+                        .as_deref()
+                        .and_then(crate::event::parse_time)
+                        .unwrap_or(0),
+                ),
+            },
+        };
+        {
+            let mut pos = shared.positions.lock().unwrap_or_else(|p| p.into_inner());
+            pos.entry(id.clone()).or_default().parents = parents.clone();
+        }
+        tracing::info!(shard = %id, ?start, "reading shard");
+        running.insert(id.clone());
+        let (shared, id) = (shared.clone(), id.clone());
+        tasks.spawn(async move {
+            let res = shard::read_shard(shared, id.clone(), start).await;
+            (id, res)
+        });
+    }
+    shared.metrics.shards_owned.set(running.len() as i64);
+}

@@ -1,0 +1,287 @@
+//! One shard's reader: GetRecords paced under five calls per second, backoff with jitter on
+//! throttling and network errors, a fresh iterator when one expires, and whole batches processed
+//! under the checkpoint gate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::operation::get_records::GetRecordsError;
+use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
+use aws_sdk_kinesis::types::{Record, ShardIteratorType};
+use rand::Rng;
+
+use super::sequence::SequenceNumber;
+use super::{Shared, ShardExit, Start};
+use crate::app::process_event;
+use crate::decode::cloudwatch_envelope::{decode_record, Scratch};
+use crate::decode::BadRecord;
+use crate::event::parse_time;
+use crate::finding::Finding;
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    const BASE_MS: u64 = 200;
+    const MAX_MS: u64 = 10_000;
+
+    fn next_delay(&mut self) -> Duration {
+        let cap = (Self::BASE_MS << self.attempt.min(6)).min(Self::MAX_MS);
+        self.attempt += 1;
+        Duration::from_millis(rand::rng().random_range(Self::BASE_MS / 2..=cap))
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Sleeps unless shutdown comes first; returns false on shutdown.
+async fn pause(shared: &Shared, d: Duration) -> bool {
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+async fn get_iterator(
+    shared: &Shared,
+    shard_id: &str,
+    start: &Start,
+) -> Result<Option<String>, SdkError<GetShardIteratorError>> {
+    let mut req = shared
+        .client
+        .get_shard_iterator()
+        .stream_name(&shared.stream)
+        .shard_id(shard_id);
+    req = match start {
+        Start::After(seq) => req
+            .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+            .starting_sequence_number(seq.as_str()),
+        Start::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        Start::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+        Start::AtTimestamp(t) => req
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(aws_sdk_kinesis::primitives::DateTime::from_secs(*t)),
+    };
+    Ok(req.send().await?.shard_iterator().map(str::to_string))
+}
+
+/// Reads one shard until SHARD_END or shutdown. An error return is fatal (findings could not
+/// be written): the coordinator stops without checkpointing past it.
+pub(crate) async fn read_shard(
+    shared: Arc<Shared>,
+    shard_id: String,
+    mut start: Start,
+) -> anyhow::Result<ShardExit> {
+    let m = &shared.metrics;
+    let mut backoff = Backoff { attempt: 0 };
+    let mut iterator: Option<String> = None;
+    let mut scratch = Scratch::default();
+    let poll = Duration::from_millis(shared.kinesis.poll_interval_ms);
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return Ok(ShardExit::Shutdown);
+        }
+        let it = match iterator.take() {
+            Some(it) => it,
+            None => match get_iterator(&shared, &shard_id, &start).await {
+                Ok(Some(it)) => it,
+                Ok(None) => return Ok(ShardExit::Finished),
+                Err(e) => {
+                    if let Some(GetShardIteratorError::ResourceNotFoundException(_)) = e.as_service_error() {
+                        tracing::warn!(shard = %shard_id, "shard no longer exists; treating it as finished");
+                        return Ok(ShardExit::Finished);
+                    }
+                    let kind = match e.as_service_error() {
+                        Some(GetShardIteratorError::ProvisionedThroughputExceededException(_)) => "throttled",
+                        Some(_) => "service",
+                        None => "network",
+                    };
+                    m.get_records_errors.with_label_values(&[&shard_id, kind]).inc();
+                    tracing::warn!(shard = %shard_id, error = %DisplayErrorContext(&e), "GetShardIterator failed; backing off");
+                    if !pause(&shared, backoff.next_delay()).await {
+                        return Ok(ShardExit::Shutdown);
+                    }
+                    continue;
+                }
+            },
+        };
+        let call = shared
+            .client
+            .get_records()
+            .shard_iterator(&it)
+            .limit(shared.kinesis.max_records_per_call)
+            .send();
+        let resp = tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(ShardExit::Shutdown),
+            r = call => r,
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = match e.as_service_error() {
+                    Some(GetRecordsError::ProvisionedThroughputExceededException(_))
+                    | Some(GetRecordsError::KmsThrottlingException(_)) => {
+                        m.throttles.with_label_values(&[&shard_id]).inc();
+                        iterator = Some(it);
+                        "throttled"
+                    }
+                    Some(GetRecordsError::ExpiredIteratorException(_)) => {
+                        // A fresh iterator from the last processed position (`start` tracks it).
+                        "expired_iterator"
+                    }
+                    Some(GetRecordsError::ResourceNotFoundException(_)) => {
+                        tracing::warn!(shard = %shard_id, "shard no longer exists; treating it as finished");
+                        return Ok(ShardExit::Finished);
+                    }
+                    Some(_) => {
+                        iterator = Some(it);
+                        "service"
+                    }
+                    None => {
+                        iterator = Some(it);
+                        "network"
+                    }
+                };
+                m.get_records_errors.with_label_values(&[&shard_id, kind]).inc();
+                if kind != "expired_iterator" {
+                    tracing::warn!(shard = %shard_id, error = %DisplayErrorContext(&e), "GetRecords failed; backing off");
+                    if !pause(&shared, backoff.next_delay()).await {
+                        return Ok(ShardExit::Shutdown);
+                    }
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        if let Some(ms) = resp.millis_behind_latest() {
+            m.behind_latest.with_label_values(&[&shard_id]).set(ms as f64 / 1000.0);
+        }
+        let records = resp.records();
+        if let Some(last) = process_batch(&shared, &shard_id, records, &mut scratch).await? {
+            start = Start::After(last);
+        }
+        match resp.next_shard_iterator() {
+            None => {
+                // SHARD_END: every record of the shard is processed.
+                return Ok(ShardExit::Finished);
+            }
+            Some(next) => iterator = Some(next.to_string()),
+        }
+        // Keep under five GetRecords calls per second per shard; a full batch means there is
+        // more to read, so the pause is the minimum allowed.
+        let wait = if records.len() as i32 >= shared.kinesis.max_records_per_call {
+            Duration::from_millis(200)
+        } else {
+            poll
+        };
+        if !pause(&shared, wait).await {
+            return Ok(ShardExit::Shutdown);
+        }
+    }
+}
+
+/// Decodes and detects one batch, writes its dead letters and findings, then advances the
+/// shard's position. Returns the last sequence number of the batch.
+async fn process_batch(
+    shared: &Arc<Shared>,
+    shard_id: &str,
+    records: &[Record],
+    scratch: &mut Scratch,
+) -> anyhow::Result<Option<SequenceNumber>> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let m = &shared.metrics;
+    let _gate = shared.gate.read().await;
+    let mut found: Vec<(Finding, Option<f64>)> = Vec::new();
+    let mut record_bad: Vec<(BadRecord, String, Option<&[u8]>)> = Vec::new();
+    let mut event_bad: Vec<(BadRecord, String)> = Vec::new();
+    let mut last: Option<SequenceNumber> = None;
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    for rec in records {
+        let seq = rec.sequence_number();
+        let data = rec.data().as_ref();
+        bytes += data.len() as u64;
+        let arrival = rec
+            .approximate_arrival_timestamp()
+            .map(|t| t.secs() as f64 + t.subsec_nanos() as f64 / 1e9);
+        let prefix = format!("{shard_id}@{seq}");
+        let mut decoder_bad = Vec::new();
+        let result = decode_record(
+            data,
+            &shared.limits,
+            &prefix,
+            scratch,
+            |raw| {
+                events += 1;
+                match process_event(&shared.engine, &raw, &prefix, &shared.limits) {
+                    Ok(fs) => found.extend(fs.into_iter().map(|f| (f, arrival))),
+                    Err(b) => event_bad.push((b, seq.to_string())),
+                }
+            },
+            |b| decoder_bad.push(b),
+        );
+        event_bad.extend(decoder_bad.into_iter().map(|b| (b, seq.to_string())));
+        if let Err(b) = result {
+            record_bad.push((b, seq.to_string(), Some(data)));
+        }
+        match SequenceNumber::parse(seq) {
+            Some(s) => last = Some(s),
+            None => tracing::warn!(shard = %shard_id, sequence = %seq, "record with a malformed sequence number"),
+        }
+    }
+    m.records.with_label_values(&[shard_id]).inc_by(records.len() as u64);
+    m.record_bytes.with_label_values(&[shard_id]).inc_by(bytes);
+    m.shard_events.with_label_values(&[shard_id]).inc_by(events);
+
+    {
+        let mut dl = shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner());
+        for (b, seq, data) in record_bad {
+            m.bad_records.with_label_values(&[b.kind.as_str()]).inc();
+            dl.write(&b, shard_id, &seq, data)?;
+        }
+        for (b, seq) in event_bad {
+            m.bad_records.with_label_values(&[b.kind.as_str()]).inc();
+            dl.write(&b, shard_id, &seq, None)?;
+        }
+    }
+    if !found.is_empty() {
+        let findings: Vec<Finding> = found.iter().map(|(f, _)| f.clone()).collect();
+        let written = shared
+            .findings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&findings)
+            .map_err(|e| anyhow::anyhow!("writing findings: {e}"))?;
+        let now = chrono::Utc::now();
+        let now_f = now.timestamp() as f64 + now.timestamp_subsec_millis() as f64 / 1000.0;
+        for f in &written {
+            m.findings.with_label_values(&[&f.rule, f.severity.as_str()]).inc();
+            if let Some(t) = parse_time(&f.event_time) {
+                m.event_to_finding.observe((now_f - t as f64).max(0.0));
+            }
+            if let Some(Some(arrival)) = found.iter().find(|(x, _)| x.id == f.id).map(|(_, a)| *a) {
+                m.detection_latency.observe((now_f - arrival).max(0.0));
+            }
+            tracing::warn!(
+                rule = %f.rule,
+                severity = %f.severity,
+                session = f.session.as_deref().unwrap_or("-"),
+                id = %f.id,
+                "finding: {}",
+                f.title
+            );
+        }
+    }
+    if let Some(s) = &last {
+        let mut pos = shared.positions.lock().unwrap_or_else(|p| p.into_inner());
+        pos.entry(shard_id.to_string()).or_default().sequence_number = Some(s.clone());
+    }
+    Ok(last)
+}

@@ -1,0 +1,219 @@
+//! Where findings and set-aside records go when running: JSON-lines files (or stdout).
+//!
+//! The findings file is also the record of what was already said: after a restart the lines
+//! written since the last checkpoint are read back, so replaying those records repeats no finding.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::Serialize;
+
+use crate::decode::BadRecord;
+use crate::finding::Finding;
+
+/// Findings as JSON lines, each id at most once.
+pub struct FindingsSink {
+    out: Box<dyn Write + Send>,
+    path: Option<PathBuf>,
+    offset: u64,
+    /// Ids written since the last checkpoint (older ones are covered by the engine's snapshot).
+    recent: HashSet<String>,
+}
+
+impl FindingsSink {
+    /// Standard output (no restart protection beyond the engine snapshot).
+    pub fn stdout() -> FindingsSink {
+        FindingsSink {
+            out: Box::new(std::io::stdout()),
+            path: None,
+            offset: 0,
+            recent: HashSet::new(),
+        }
+    }
+
+    /// Opens (or creates) `path` for appending. Lines after `checkpoint_offset` are findings
+    /// written after the last checkpoint: their ids are remembered. A partial last line (a
+    /// write cut by `kill -9`) is removed.
+    pub fn open(path: &Path, checkpoint_offset: u64) -> std::io::Result<FindingsSink> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        let start = checkpoint_offset.min(len);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        Read::by_ref(&mut file).take(len - start).read_to_end(&mut tail)?;
+        let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete < tail.len() {
+            file.set_len(start + complete as u64)?;
+        }
+        let mut recent = HashSet::new();
+        for line in BufReader::new(&tail[..complete]).lines() {
+            let line = line?;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if let Some(id) = v.get("id").and_then(|i| i.as_str()) {
+                    recent.insert(id.to_string());
+                }
+            }
+        }
+        Ok(FindingsSink {
+            offset: start + complete as u64,
+            out: Box::new(file),
+            path: Some(path.to_path_buf()),
+            recent,
+        })
+    }
+
+    /// Writes the findings not written before; flushes. Returns those written.
+    pub fn write(&mut self, findings: &[Finding]) -> std::io::Result<Vec<Finding>> {
+        let mut written = Vec::new();
+        for f in findings {
+            if self.recent.contains(&f.id) {
+                continue;
+            }
+            let mut line = serde_json::to_vec(f).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            self.out.write_all(&line)?;
+            self.offset += line.len() as u64;
+            self.recent.insert(f.id.clone());
+            written.push(f.clone());
+        }
+        self.out.flush()?;
+        Ok(written)
+    }
+
+    /// The file length so far (what a checkpoint records).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// After a checkpoint, the engine snapshot covers everything written so far.
+    pub fn checkpointed(&mut self) {
+        self.recent.clear();
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+/// A set-aside record as written to the dead-letter file.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter<'a> {
+    pub kind: &'static str,
+    pub position: &'a str,
+    pub detail: &'a str,
+    pub shard_id: &'a str,
+    pub sequence_number: &'a str,
+    /// The record's bytes (at most [`MAX_DEAD_LETTER_BYTES`]), for a whole record set aside.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub data_truncated: bool,
+}
+
+pub const MAX_DEAD_LETTER_BYTES: usize = 1 << 20;
+
+/// Dead letters as JSON lines (to a file, or only to the log when none is configured).
+pub struct DeadLetterSink {
+    out: Option<File>,
+}
+
+impl DeadLetterSink {
+    pub fn open(path: Option<&Path>) -> std::io::Result<DeadLetterSink> {
+        let out = match path {
+            Some(p) => Some(OpenOptions::new().append(true).create(true).open(p)?),
+            None => None,
+        };
+        Ok(DeadLetterSink { out })
+    }
+
+    /// Records one bad record with its shard and sequence number.
+    pub fn write(
+        &mut self,
+        bad: &BadRecord,
+        shard_id: &str,
+        sequence_number: &str,
+        data: Option<&[u8]>,
+    ) -> std::io::Result<()> {
+        tracing::warn!(
+            kind = bad.kind.as_str(),
+            position = %bad.position,
+            detail = %bad.detail,
+            "bad record set aside"
+        );
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        let letter = DeadLetter {
+            kind: bad.kind.as_str(),
+            position: &bad.position,
+            detail: &bad.detail,
+            shard_id,
+            sequence_number,
+            data_base64: data.map(|d| {
+                base64::engine::general_purpose::STANDARD.encode(&d[..d.len().min(MAX_DEAD_LETTER_BYTES)])
+            }),
+            data_truncated: data.is_some_and(|d| d.len() > MAX_DEAD_LETTER_BYTES),
+        };
+        let mut line = serde_json::to_vec(&letter).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        out.write_all(&line)?;
+        out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::Severity;
+
+    fn finding(id: &str) -> Finding {
+        Finding {
+            id: id.into(),
+            rule: "r".into(),
+            severity: Severity::High,
+            title: "t".into(),
+            account_id: None,
+            access_key_id: None,
+            session: None,
+            credential_class: None,
+            principal_arn: None,
+            error_code: None,
+            event_ids: vec![],
+            events: vec![],
+            exceptions_checked: vec![],
+            event_time: String::new(),
+            detected_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn findings_written_after_the_checkpoint_are_not_written_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        let mut s = FindingsSink::open(&path, 0).unwrap();
+        s.write(&[finding("a")]).unwrap();
+        let checkpoint = s.offset();
+        s.checkpointed();
+        s.write(&[finding("b")]).unwrap();
+        drop(s);
+        // A write cut in the middle by kill -9.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":\"c\"").unwrap();
+
+        let mut s = FindingsSink::open(&path, checkpoint).unwrap();
+        let written = s.write(&[finding("b"), finding("c")]).unwrap();
+        assert_eq!(written.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, vec!["a", "b", "c"]);
+    }
+}
