@@ -20,7 +20,10 @@ pub fn process_event(
     prefix: &str,
     limits: &Limits,
 ) -> Result<Vec<Finding>, BadRecord> {
-    let pos = Position { prefix, index: raw.index };
+    let pos = Position {
+        prefix,
+        index: raw.index,
+    };
     if raw.json.len() > limits.max_event_bytes {
         return Err(BadRecord {
             kind: BadKind::Oversize,

@@ -43,7 +43,9 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     pub fn new(dir: &Path) -> std::io::Result<CheckpointStore> {
         fs::create_dir_all(dir)?;
-        Ok(CheckpointStore { dir: dir.to_path_buf() })
+        Ok(CheckpointStore {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> PathBuf {
@@ -92,11 +94,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(dir.path()).unwrap();
         assert!(store.load().unwrap().is_none());
-        let mut cp = Checkpoint { version: 1, stream: "s".into(), ..Default::default() };
+        let mut cp = Checkpoint {
+            version: 1,
+            stream: "s".into(),
+            ..Default::default()
+        };
         cp.shards.insert(
             "shardId-000000000001".into(),
             ShardCheckpoint {
-                sequence_number: SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898"),
+                sequence_number: SequenceNumber::parse(
+                    "49590338271490256608559692538361571095921575989136588898",
+                ),
                 finished: false,
                 parents: vec![],
             },

@@ -19,7 +19,11 @@ pub const EXIT_FINDINGS: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "credwatch", version, about = "Catches stolen AWS temporary credentials while they are being used")]
+#[command(
+    name = "credwatch",
+    version,
+    about = "Catches stolen AWS temporary credentials while they are being used"
+)]
 pub struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `credwatch=debug`.
     #[arg(long, global = true, env = "CREDWATCH_LOG", default_value = "warn")]
@@ -144,7 +148,11 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_failed = false;
     if args.output == OutputFormat::Table {
-        let _ = writeln!(out, "{:<8} {:<28} {:<48} ORIGINS", "SEVERITY", "RULE", "SESSION");
+        let _ = writeln!(
+            out,
+            "{:<8} {:<28} {:<48} ORIGINS",
+            "SEVERITY", "RULE", "SESSION"
+        );
     }
     let summary = hunt::hunt_files(
         &engine,
@@ -197,7 +205,10 @@ fn run_cmd(args: RunArgs) -> i32 {
     if let Some(a) = args.metrics_addr {
         cfg.metrics.addr = a;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("credwatch: cannot start the runtime: {e}");

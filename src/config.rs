@@ -281,7 +281,7 @@ impl Config {
 
     /// Checks what serde cannot: rule ids, ranges, dates.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (id, _) in &self.rules {
+        for id in self.rules.keys() {
             if !RULE_IDS.contains(&id.as_str()) {
                 return Err(ConfigError(format!(
                     "rules.{id}: unknown rule id (known: {})",
@@ -299,7 +299,9 @@ impl Config {
             ));
         }
         if d.max_sessions == 0 {
-            return Err(ConfigError("detection.max_sessions: must be above 0".into()));
+            return Err(ConfigError(
+                "detection.max_sessions: must be above 0".into(),
+            ));
         }
         for (i, a) in self.allow.iter().enumerate() {
             if a.reason.trim().is_empty() {
@@ -349,7 +351,9 @@ impl Config {
             ));
         }
         if self.checkpoint.interval_secs == 0 {
-            return Err(ConfigError("checkpoint.interval_secs: must be above 0".into()));
+            return Err(ConfigError(
+                "checkpoint.interval_secs: must be above 0".into(),
+            ));
         }
         Ok(())
     }
@@ -376,9 +380,7 @@ fn describe_figment_error(e: figment::Error) -> String {
 /// `YYYY-MM-DD` (end of that day, UTC) or RFC 3339, as epoch seconds.
 pub fn parse_expiry(s: &str) -> Option<i64> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return d
-            .and_hms_opt(23, 59, 59)
-            .map(|t| t.and_utc().timestamp());
+        return d.and_hms_opt(23, 59, 59).map(|t| t.and_utc().timestamp());
     }
     crate::event::parse_time(s)
 }
@@ -396,27 +398,48 @@ mod tests {
     fn config_errors_name_the_option() {
         let cases: &[(&str, &str)] = &[
             ("[detection]\nwindow_sec = 5\n", "window_sec"),
-            ("[detection]\nwindow_secs = \"x\"\n", "detection.window_secs"),
+            (
+                "[detection]\nwindow_secs = \"x\"\n",
+                "detection.window_secs",
+            ),
             ("[nope]\na = 1\n", "nope"),
-            ("[[allow]]\ncidr = \"10.0.0.0/33\"\nreason = \"x\"\n", "allow"),
-            ("[[allow]]\ncidr = \"10.0.0.0/8\"\nreason = \"\"\n", "allow[0].reason"),
+            (
+                "[[allow]]\ncidr = \"10.0.0.0/33\"\nreason = \"x\"\n",
+                "allow",
+            ),
+            (
+                "[[allow]]\ncidr = \"10.0.0.0/8\"\nreason = \"\"\n",
+                "allow[0].reason",
+            ),
             (
                 "[[allow]]\ncidr = \"10.0.0.0/8\"\nreason = \"x\"\nexpires = \"soon\"\n",
                 "allow[0].expires",
             ),
             ("[rules.not_a_rule]\nenabled = false\n", "rules.not_a_rule"),
             ("[rules.stop_logging]\nseverity = \"urgent\"\n", "severity"),
-            ("[organization]\naccount_ids = [\"12\"]\n", "organization.account_ids[0]"),
-            ("[kinesis]\npoll_interval_ms = 10\n", "kinesis.poll_interval_ms"),
+            (
+                "[organization]\naccount_ids = [\"12\"]\n",
+                "organization.account_ids[0]",
+            ),
+            (
+                "[kinesis]\npoll_interval_ms = 10\n",
+                "kinesis.poll_interval_ms",
+            ),
             (
                 "[kinesis]\nstart_position = \"AT_TIMESTAMP\"\n",
                 "kinesis.start_timestamp",
             ),
-            ("[kinesis]\nstart_position = \"EARLIEST\"\n", "start_position"),
+            (
+                "[kinesis]\nstart_position = \"EARLIEST\"\n",
+                "start_position",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml_str(text).unwrap_err().to_string();
-            assert!(err.contains(key), "error for {text:?} should name {key}: {err}");
+            assert!(
+                err.contains(key),
+                "error for {text:?} should name {key}: {err}"
+            );
         }
     }
 
@@ -426,7 +449,7 @@ mod tests {
             "[rules.stop_logging]\nenabled = false\n[rules.create_user]\nseverity = \"low\"\n",
         )
         .unwrap();
-        assert_eq!(cfg.rule_setting("stop_logging", Severity::High).0, false);
+        assert!(!cfg.rule_setting("stop_logging", Severity::High).0);
         assert_eq!(
             cfg.rule_setting("create_user", Severity::Medium),
             (true, Severity::Low)

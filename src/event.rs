@@ -171,7 +171,10 @@ impl<'a> CloudTrailEvent<'a> {
         self.user_agent.as_deref().unwrap_or("")
     }
     pub fn access_key_id(&self) -> Option<&str> {
-        self.user_identity.access_key_id.as_deref().filter(|k| !k.is_empty())
+        self.user_identity
+            .access_key_id
+            .as_deref()
+            .filter(|k| !k.is_empty())
     }
     pub fn account_id(&self) -> Option<&str> {
         self.user_identity
@@ -197,7 +200,10 @@ impl<'a> CloudTrailEvent<'a> {
 
     /// Event time in seconds since the Unix epoch.
     pub fn time_secs(&self) -> Result<i64, EventError> {
-        let raw = self.event_time.as_deref().ok_or(EventError::MissingField("eventTime"))?;
+        let raw = self
+            .event_time
+            .as_deref()
+            .ok_or(EventError::MissingField("eventTime"))?;
         parse_time(raw).ok_or_else(|| EventError::BadField {
             field: "eventTime",
             value: raw.chars().take(64).collect(),
@@ -206,12 +212,14 @@ impl<'a> CloudTrailEvent<'a> {
 
     /// `requestParameters` parsed into `T`; `None` when absent, null or of another shape.
     pub fn request<T: Deserialize<'a>>(&self) -> Option<T> {
-        self.request_parameters.and_then(|r| serde_json::from_str(r.get()).ok())
+        self.request_parameters
+            .and_then(|r| serde_json::from_str(r.get()).ok())
     }
 
     /// `responseElements` parsed into `T`; `None` when absent, null or of another shape.
     pub fn response<T: Deserialize<'a>>(&self) -> Option<T> {
-        self.response_elements.and_then(|r| serde_json::from_str(r.get()).ok())
+        self.response_elements
+            .and_then(|r| serde_json::from_str(r.get()).ok())
     }
 }
 
@@ -263,7 +271,11 @@ mod tests {
             let json = format!(
                 r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"X","sessionCredentialFromConsole":{v}}}"#
             );
-            assert!(CloudTrailEvent::parse(&json).unwrap().session_credential_from_console);
+            assert!(
+                CloudTrailEvent::parse(&json)
+                    .unwrap()
+                    .session_credential_from_console
+            );
         }
     }
 }

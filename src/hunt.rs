@@ -38,7 +38,10 @@ impl HuntSummary {
             if m.is_empty() {
                 "none".to_string()
             } else {
-                m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
         };
         format!(
@@ -61,7 +64,10 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
         if !p.exists() {
             return Err(format!("{}: no such file or directory", p.display()));
         }
-        for entry in walkdir::WalkDir::new(p).sort_by_file_name().follow_links(true) {
+        for entry in walkdir::WalkDir::new(p)
+            .sort_by_file_name()
+            .follow_links(true)
+        {
             let entry = entry.map_err(|e| format!("{}: {e}", p.display()))?;
             if entry.file_type().is_file() {
                 files.push(entry.into_path());

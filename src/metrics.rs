@@ -14,8 +14,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, GaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::decode::BadKind;
@@ -58,29 +58,36 @@ pub struct Metrics {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
-    r.register(Box::new(h.clone())).expect("metric registered once");
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
-const LATENCY_BUCKETS: [f64; 14] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -93,51 +100,164 @@ impl Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         {
-            let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            let _ = r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
         }
         let behind_latest = GaugeVec::new(
-            Opts::new("credwatch_kinesis_behind_latest_seconds", "MillisBehindLatest of the last GetRecords, in seconds"),
+            Opts::new(
+                "credwatch_kinesis_behind_latest_seconds",
+                "MillisBehindLatest of the last GetRecords, in seconds",
+            ),
             &["shard"],
         )
         .expect("valid metric");
-        r.register(Box::new(behind_latest.clone())).expect("metric registered once");
+        r.register(Box::new(behind_latest.clone()))
+            .expect("metric registered once");
         let spool = IntGaugeVec::new(
-            Opts::new("credwatch_escalation_spool_depth", "Findings waiting in the escalation spool"),
+            Opts::new(
+                "credwatch_escalation_spool_depth",
+                "Findings waiting in the escalation spool",
+            ),
             &["destination"],
         )
         .expect("valid metric");
-        r.register(Box::new(spool.clone())).expect("metric registered once");
+        r.register(Box::new(spool.clone()))
+            .expect("metric registered once");
         let esc_latency = HistogramVec::new(
-            HistogramOpts::new("credwatch_escalation_delivery_seconds", "Time from finding to confirmed delivery")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "credwatch_escalation_delivery_seconds",
+                "Time from finding to confirmed delivery",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["destination"],
         )
         .expect("valid metric");
-        r.register(Box::new(esc_latency.clone())).expect("metric registered once");
+        r.register(Box::new(esc_latency.clone()))
+            .expect("metric registered once");
         Metrics {
-            records: counter_vec(&r, "credwatch_kinesis_records_total", "Kinesis records read", &["shard"]),
-            record_bytes: counter_vec(&r, "credwatch_kinesis_bytes_total", "Bytes of Kinesis record data read", &["shard"]),
-            shard_events: counter_vec(&r, "credwatch_kinesis_events_total", "CloudTrail events decoded from Kinesis records", &["shard"]),
+            records: counter_vec(
+                &r,
+                "credwatch_kinesis_records_total",
+                "Kinesis records read",
+                &["shard"],
+            ),
+            record_bytes: counter_vec(
+                &r,
+                "credwatch_kinesis_bytes_total",
+                "Bytes of Kinesis record data read",
+                &["shard"],
+            ),
+            shard_events: counter_vec(
+                &r,
+                "credwatch_kinesis_events_total",
+                "CloudTrail events decoded from Kinesis records",
+                &["shard"],
+            ),
             behind_latest,
-            throttles: counter_vec(&r, "credwatch_kinesis_get_records_throttled_total", "GetRecords calls throttled (ProvisionedThroughputExceeded)", &["shard"]),
-            get_records_errors: counter_vec(&r, "credwatch_kinesis_get_records_errors_total", "GetRecords and GetShardIterator failures", &["shard", "error"]),
-            shards_owned: gauge(&r, "credwatch_kinesis_shards_owned", "Shards this process is reading"),
-            events: counter_vec(&r, "credwatch_events_total", "CloudTrail events processed, by origin class", &["origin_class"]),
-            events_by_credential: counter_vec(&r, "credwatch_events_by_credential_total", "CloudTrail events processed, by credential class", &["credential_class"]),
-            explained: counter_vec(&r, "credwatch_origins_explained_total", "Origins that needed no lock or were explained, by exception", &["exception"]),
-            sessions_tracked: gauge(&r, "credwatch_sessions_tracked", "Sessions in the session-origin store"),
-            sessions_expired: counter(&r, "credwatch_sessions_expired_total", "Sessions removed from the store at expiry"),
-            late_events: counter(&r, "credwatch_late_events_total", "Events older than their session's window"),
-            suppressed: counter(&r, "credwatch_findings_suppressed_total", "Findings not repeated for an already reported (rule, session, origin)"),
-            bad_records: counter_vec(&r, "credwatch_bad_records_total", "Records or events set aside, by kind", &["kind"]),
-            findings: counter_vec(&r, "credwatch_findings_total", "Findings written, by rule and severity", &["rule", "severity"]),
-            checkpoint_writes: counter_vec(&r, "credwatch_checkpoint_writes_total", "Checkpoint writes by outcome", &["outcome"]),
-            checkpoint_age: gauge(&r, "credwatch_checkpoint_age_seconds", "Seconds since the last successful checkpoint"),
+            throttles: counter_vec(
+                &r,
+                "credwatch_kinesis_get_records_throttled_total",
+                "GetRecords calls throttled (ProvisionedThroughputExceeded)",
+                &["shard"],
+            ),
+            get_records_errors: counter_vec(
+                &r,
+                "credwatch_kinesis_get_records_errors_total",
+                "GetRecords and GetShardIterator failures",
+                &["shard", "error"],
+            ),
+            shards_owned: gauge(
+                &r,
+                "credwatch_kinesis_shards_owned",
+                "Shards this process is reading",
+            ),
+            events: counter_vec(
+                &r,
+                "credwatch_events_total",
+                "CloudTrail events processed, by origin class",
+                &["origin_class"],
+            ),
+            events_by_credential: counter_vec(
+                &r,
+                "credwatch_events_by_credential_total",
+                "CloudTrail events processed, by credential class",
+                &["credential_class"],
+            ),
+            explained: counter_vec(
+                &r,
+                "credwatch_origins_explained_total",
+                "Origins that needed no lock or were explained, by exception",
+                &["exception"],
+            ),
+            sessions_tracked: gauge(
+                &r,
+                "credwatch_sessions_tracked",
+                "Sessions in the session-origin store",
+            ),
+            sessions_expired: counter(
+                &r,
+                "credwatch_sessions_expired_total",
+                "Sessions removed from the store at expiry",
+            ),
+            late_events: counter(
+                &r,
+                "credwatch_late_events_total",
+                "Events older than their session's window",
+            ),
+            suppressed: counter(
+                &r,
+                "credwatch_findings_suppressed_total",
+                "Findings not repeated for an already reported (rule, session, origin)",
+            ),
+            bad_records: counter_vec(
+                &r,
+                "credwatch_bad_records_total",
+                "Records or events set aside, by kind",
+                &["kind"],
+            ),
+            findings: counter_vec(
+                &r,
+                "credwatch_findings_total",
+                "Findings written, by rule and severity",
+                &["rule", "severity"],
+            ),
+            checkpoint_writes: counter_vec(
+                &r,
+                "credwatch_checkpoint_writes_total",
+                "Checkpoint writes by outcome",
+                &["outcome"],
+            ),
+            checkpoint_age: gauge(
+                &r,
+                "credwatch_checkpoint_age_seconds",
+                "Seconds since the last successful checkpoint",
+            ),
             last_checkpoint_unix: AtomicI64::new(0),
-            detection_latency: histogram(&r, "credwatch_detection_latency_seconds", "From the record's arrival in Kinesis to its finding written", LATENCY_BUCKETS.to_vec()),
-            event_to_finding: histogram(&r, "credwatch_event_to_finding_seconds", "From the event's time to its finding written", LATENCY_BUCKETS.to_vec()),
-            escalations: counter_vec(&r, "credwatch_escalations_total", "Escalation deliveries by destination and outcome", &["destination", "outcome"]),
-            escalation_retries: counter_vec(&r, "credwatch_escalation_retries_total", "Escalation delivery retries", &["destination"]),
+            detection_latency: histogram(
+                &r,
+                "credwatch_detection_latency_seconds",
+                "From the record's arrival in Kinesis to its finding written",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            event_to_finding: histogram(
+                &r,
+                "credwatch_event_to_finding_seconds",
+                "From the event's time to its finding written",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            escalations: counter_vec(
+                &r,
+                "credwatch_escalations_total",
+                "Escalation deliveries by destination and outcome",
+                &["destination", "outcome"],
+            ),
+            escalation_retries: counter_vec(
+                &r,
+                "credwatch_escalation_retries_total",
+                "Escalation delivery retries",
+                &["destination"],
+            ),
             escalation_spool_depth: spool,
             escalation_latency: esc_latency,
             ready: AtomicBool::new(false),
@@ -161,7 +281,8 @@ impl Metrics {
             self.explained.with_label_values(&[e.as_str()]);
         }
         for r in crate::rules::RULES {
-            self.findings.with_label_values(&[r.id, r.severity.as_str()]);
+            self.findings
+                .with_label_values(&[r.id, r.severity.as_str()]);
         }
         for o in ["ok", "error"] {
             self.checkpoint_writes.with_label_values(&[o]);
@@ -178,7 +299,10 @@ impl Metrics {
             }
         };
         for c in OriginClass::ALL {
-            bump(&self.events.with_label_values(&[c.as_str()]), s.by_origin[c.index()].load(Relaxed));
+            bump(
+                &self.events.with_label_values(&[c.as_str()]),
+                s.by_origin[c.index()].load(Relaxed),
+            );
         }
         for c in CredentialClass::ALL {
             bump(
@@ -186,9 +310,15 @@ impl Metrics {
                 s.by_credential[c as usize].load(Relaxed),
             );
         }
-        bump(&self.events_by_credential.with_label_values(&["untracked"]), s.untracked.load(Relaxed));
+        bump(
+            &self.events_by_credential.with_label_values(&["untracked"]),
+            s.untracked.load(Relaxed),
+        );
         for e in Explanation::ALL {
-            bump(&self.explained.with_label_values(&[e.as_str()]), s.explained[e as usize].load(Relaxed));
+            bump(
+                &self.explained.with_label_values(&[e.as_str()]),
+                s.explained[e as usize].load(Relaxed),
+            );
         }
         bump(&self.sessions_expired, s.sessions_expired.load(Relaxed));
         bump(&self.late_events, s.late_events.load(Relaxed));
@@ -196,7 +326,8 @@ impl Metrics {
         self.sessions_tracked.set(engine.tracked_sessions() as i64);
         let last = self.last_checkpoint_unix.load(Relaxed);
         if last > 0 {
-            self.checkpoint_age.set(chrono::Utc::now().timestamp() - last);
+            self.checkpoint_age
+                .set(chrono::Utc::now().timestamp() - last);
         }
     }
 
@@ -216,7 +347,10 @@ struct HttpState {
 
 async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
     s.metrics.sync_engine(&s.engine);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

@@ -47,7 +47,9 @@ impl FindingsSink {
         let start = checkpoint_offset.min(len);
         file.seek(SeekFrom::Start(start))?;
         let mut tail = Vec::new();
-        Read::by_ref(&mut file).take(len - start).read_to_end(&mut tail)?;
+        Read::by_ref(&mut file)
+            .take(len - start)
+            .read_to_end(&mut tail)?;
         let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if complete < tail.len() {
             file.set_len(start + complete as u64)?;
@@ -157,7 +159,8 @@ impl DeadLetterSink {
             shard_id,
             sequence_number,
             data_base64: data.map(|d| {
-                base64::engine::general_purpose::STANDARD.encode(&d[..d.len().min(MAX_DEAD_LETTER_BYTES)])
+                base64::engine::general_purpose::STANDARD
+                    .encode(&d[..d.len().min(MAX_DEAD_LETTER_BYTES)])
             }),
             data_truncated: data.is_some_and(|d| d.len() > MAX_DEAD_LETTER_BYTES),
         };
@@ -204,15 +207,28 @@ mod tests {
         s.write(&[finding("b")]).unwrap();
         drop(s);
         // A write cut in the middle by kill -9.
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":\"c\"").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"id\":\"c\"")
+            .unwrap();
 
         let mut s = FindingsSink::open(&path, checkpoint).unwrap();
         let written = s.write(&[finding("b"), finding("c")]).unwrap();
-        assert_eq!(written.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!(
+            written.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+            vec!["c"]
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         let ids: Vec<String> = text
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(ids, vec!["a", "b", "c"]);
     }

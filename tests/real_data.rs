@@ -11,14 +11,22 @@ use credwatch::hunt::{collect_files, hunt_files, HuntSummary};
 use serde_json::Value;
 
 fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel)
 }
 
 fn hunt(paths: &[PathBuf], cfg: &Config) -> (Vec<Finding>, HuntSummary, Engine) {
     let engine = Engine::new(cfg);
     let files = collect_files(paths).unwrap();
     let mut findings = Vec::new();
-    let summary = hunt_files(&engine, &files, &Limits::default(), |f| findings.push(f.clone()), |_| {});
+    let summary = hunt_files(
+        &engine,
+        &files,
+        &Limits::default(),
+        |f| findings.push(f.clone()),
+        |_| {},
+    );
     (findings, summary, engine)
 }
 
@@ -39,24 +47,52 @@ fn stratus_detonations_give_the_expected_findings() {
             "aws.credential-access.ec2-steal-instance-credentials.json",
             &[("workload_get_caller_identity", 1)],
         ),
-        ("aws.defense-evasion.cloudtrail-stop.json", &[("stop_logging", 1)]),
-        ("aws.defense-evasion.cloudtrail-delete.json", &[("delete_trail", 1)]),
-        ("aws.defense-evasion.cloudtrail-event-selectors.json", &[("put_event_selectors", 1)]),
-        ("aws.persistence.iam-create-admin-user.json", &[("create_access_key", 1), ("create_user", 1)]),
-        ("aws.persistence.iam-create-user-login-profile.json", &[("create_login_profile", 1)]),
-        ("aws.persistence.iam-backdoor-user.json", &[("create_access_key", 1)]),
+        (
+            "aws.defense-evasion.cloudtrail-stop.json",
+            &[("stop_logging", 1)],
+        ),
+        (
+            "aws.defense-evasion.cloudtrail-delete.json",
+            &[("delete_trail", 1)],
+        ),
+        (
+            "aws.defense-evasion.cloudtrail-event-selectors.json",
+            &[("put_event_selectors", 1)],
+        ),
+        (
+            "aws.persistence.iam-create-admin-user.json",
+            &[("create_access_key", 1), ("create_user", 1)],
+        ),
+        (
+            "aws.persistence.iam-create-user-login-profile.json",
+            &[("create_login_profile", 1)],
+        ),
+        (
+            "aws.persistence.iam-backdoor-user.json",
+            &[("create_access_key", 1)],
+        ),
         (
             "aws.exfiltration.ec2-security-group-open-port-22-ingress.json",
             &[("security_group_open_to_world", 1)],
         ),
-        ("aws.exfiltration.ec2-share-ebs-snapshot.json", &[("snapshot_shared_externally", 1)]),
-        ("aws.exfiltration.ec2-share-ami.json", &[("ami_shared_externally", 1)]),
-        ("aws.exfiltration.rds-share-snapshot.json", &[("snapshot_shared_externally", 1)]),
+        (
+            "aws.exfiltration.ec2-share-ebs-snapshot.json",
+            &[("snapshot_shared_externally", 1)],
+        ),
+        (
+            "aws.exfiltration.ec2-share-ami.json",
+            &[("ami_shared_externally", 1)],
+        ),
+        (
+            "aws.exfiltration.rds-share-snapshot.json",
+            &[("snapshot_shared_externally", 1)],
+        ),
         ("aws.discovery.ec2-download-user-data.json", &[]),
         ("aws.execution.ssm-send-command.json", &[]),
     ];
     for (file, want) in cases {
-        let (findings, summary, _) = hunt(&[data(&format!("{STRATUS}/{file}"))], &Config::default());
+        let (findings, summary, _) =
+            hunt(&[data(&format!("{STRATUS}/{file}"))], &Config::default());
         let want: BTreeMap<String, usize> = want.iter().map(|(r, n)| (r.to_string(), *n)).collect();
         assert_eq!(rule_counts(&findings), want, "{file}");
         assert_eq!(summary.total_bad(), 0, "{file}");
@@ -66,11 +102,16 @@ fn stratus_detonations_give_the_expected_findings() {
 #[test]
 fn the_stolen_instance_credential_is_seen_only_from_the_attacker_so_no_reuse() {
     let (findings, _, engine) = hunt(
-        &[data(&format!("{STRATUS}/aws.credential-access.ec2-steal-instance-credentials.json"))],
+        &[data(&format!(
+            "{STRATUS}/aws.credential-access.ec2-steal-instance-credentials.json"
+        ))],
         &Config::default(),
     );
     assert!(findings.iter().all(|f| f.rule != "session_token_reuse"));
-    let gci = findings.iter().find(|f| f.rule == "workload_get_caller_identity").unwrap();
+    let gci = findings
+        .iter()
+        .find(|f| f.rule == "workload_get_caller_identity")
+        .unwrap();
     assert_eq!(gci.access_key_id.as_deref(), Some("ASIAP5CT9NN8EYVU1FXV"));
     assert_eq!(
         gci.session.as_deref(),
@@ -86,22 +127,44 @@ fn every_stratus_event_is_read_and_hostile_values_neither_crash_nor_vanish() {
     assert_eq!(summary.events, 310);
     assert_eq!(summary.total_bad(), 0);
     let stats = &engine.stats;
-    let by_origin: u64 = stats.by_origin.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let by_origin: u64 = stats
+        .by_origin
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     assert_eq!(by_origin, 310, "every event gets an origin class");
     let opaque = stats.by_origin[credwatch::engine::origin::OriginClass::Opaque.index()]
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(opaque > 0, "leading-zero addresses are counted as opaque origins");
+    assert!(
+        opaque > 0,
+        "leading-zero addresses are counted as opaque origins"
+    );
 }
 
 #[test]
 fn the_maheribra_lab_gives_no_reuse_and_service_churn_keeps_the_store_small() {
-    let (findings, summary, engine) = hunt(&[data("maheribra-attack-chain-lab")], &Config::default());
-    assert_eq!(summary.events, 690, "689 events in 34 objects plus the redacted one");
-    assert_eq!(summary.formats.get("cloudtrail_s3_object"), Some(&35), "34 objects plus the redacted event, also a Records object");
+    let (findings, summary, engine) =
+        hunt(&[data("maheribra-attack-chain-lab")], &Config::default());
+    assert_eq!(
+        summary.events, 690,
+        "689 events in 34 objects plus the redacted one"
+    );
+    assert_eq!(
+        summary.formats.get("cloudtrail_s3_object"),
+        Some(&35),
+        "34 objects plus the redacted event, also a Records object"
+    );
     assert_eq!(summary.total_bad(), 0);
-    assert!(findings.iter().all(|f| f.rule != "session_token_reuse"), "{findings:#?}");
+    assert!(
+        findings.iter().all(|f| f.rule != "session_token_reuse"),
+        "{findings:#?}"
+    );
     // 340+ single-use service-role keys never lock: only the operator's sessions are tracked.
-    assert!(engine.tracked_sessions() < 10, "{}", engine.tracked_sessions());
+    assert!(
+        engine.tracked_sessions() < 10,
+        "{}",
+        engine.tracked_sessions()
+    );
 }
 
 /// Panther's labelled tests for the rules that mean the same as ours: the verdicts agree,
@@ -110,34 +173,49 @@ fn the_maheribra_lab_gives_no_reuse_and_service_churn_keeps_the_store_small() {
 fn verdicts_agree_with_panthers_labelled_tests() {
     let dir = data("panther-aws-cloudtrail-rule-tests/rules/aws_cloudtrail_rules");
     // (file, our rule, deliberate differences by test name with the reason)
-    let files: &[(&str, &str, &[(&str, &str)])] = &[
+    type PantherFile<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let files: &[PantherFile] = &[
         (
             "aws_cloudtrail_stopped.yml",
             "stop_logging",
-            &[("Error Stopping CloudTrail", "a failed attempt is still reported, one severity lower")],
+            &[(
+                "Error Stopping CloudTrail",
+                "a failed attempt is still reported, one severity lower",
+            )],
         ),
         ("aws_iam_create_user.yml", "create_user", &[]),
         (
             "aws_ec2_security_group_modified.yml",
             "security_group_open_to_world",
-            &[
-                ("Security Group Modified", "credwatch reports only ingress opened to a /0 range"),
-            ],
+            &[(
+                "Security Group Modified",
+                "credwatch reports only ingress opened to a /0 range",
+            )],
         ),
     ];
     for (file, rule, differ) in files {
-        let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        let doc: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
         for t in doc["Tests"].as_array().unwrap() {
             let name = t["Name"].as_str().unwrap();
             let expected = t["ExpectedResult"].as_bool().unwrap();
             let engine = Engine::new(&Config::default());
             let got = engine
-                .process_json(&t["Log"].to_string(), Position { prefix: file, index: 0 })
+                .process_json(
+                    &t["Log"].to_string(),
+                    Position {
+                        prefix: file,
+                        index: 0,
+                    },
+                )
                 .unwrap()
                 .iter()
                 .any(|f| f.rule == *rule);
             match differ.iter().find(|(n, _)| *n == name) {
-                Some((_, why)) => assert_ne!(got, expected, "{file} / {name}: expected to differ because {why}"),
+                Some((_, why)) => assert_ne!(
+                    got, expected,
+                    "{file} / {name}: expected to differ because {why}"
+                ),
                 None => assert_eq!(got, expected, "{file} / {name}"),
             }
         }
@@ -150,8 +228,10 @@ fn verdicts_agree_with_panthers_labelled_tests() {
 #[test]
 fn imds_exfiltration_verdicts_agree_given_a_home() {
     let dir = data("panther-aws-cloudtrail-rule-tests/rules/aws_cloudtrail_rules");
-    let doc: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("aws_imds_credential_exfiltration.yml")).unwrap()).unwrap();
+    let doc: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(dir.join("aws_imds_credential_exfiltration.yml")).unwrap(),
+    )
+    .unwrap();
     let differ: &[(&str, &str)] = &[
         ("Normal EC2 Workload From Private IP", "a private address without vpcEndpointId is an ordinary origin: a second one is reuse"),
         ("Legitimate SSM Activity", "a private address without vpcEndpointId is an ordinary origin: a second one is reuse"),
@@ -189,7 +269,13 @@ fn imds_exfiltration_verdicts_agree_given_a_home() {
         let mut got = false;
         for (i, ev) in [home, second].iter().enumerate() {
             got |= engine
-                .process_json(&ev.to_string(), Position { prefix: "panther", index: i })
+                .process_json(
+                    &ev.to_string(),
+                    Position {
+                        prefix: "panther",
+                        index: i,
+                    },
+                )
                 .unwrap()
                 .iter()
                 .any(|f| f.rule == "session_token_reuse");

@@ -14,6 +14,14 @@ bash tests/stack/ensure-moto.sh
 export CREDWATCH_MOTO_SERVER="$REPO/.venv/bin/moto_server"
 
 # ---- more test dependencies go here (e.g. Prometheus) ------------------------------------
+step "kinesis-mock (Kinesis emulator that ends closed shards, for the reshard tests)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt-get install -y --no-install-recommends nodejs npm >&2 ||
+    { apt-get update >&2 && apt-get install -y --no-install-recommends nodejs npm >&2; }
+fi
+# tests/support/kinesis_mock.rs starts its own kinesis-mock per test from here.
+CREDWATCH_KINESIS_MOCK_DIR="$(bash tests/stack/ensure-kinesis-mock.sh)"
+export CREDWATCH_KINESIS_MOCK_DIR
 # ---- end of test dependencies ------------------------------------------------------------
 
 step "cargo fmt --check"

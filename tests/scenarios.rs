@@ -73,7 +73,8 @@ impl Ev {
         self
     }
     fn name(self, source: &str, name: &str) -> Ev {
-        self.set("eventSource", json!(source)).set("eventName", json!(name))
+        self.set("eventSource", json!(source))
+            .set("eventName", json!(name))
     }
     fn ua(self, ua: &str) -> Ev {
         self.set("userAgent", json!(ua))
@@ -93,7 +94,13 @@ fn run_with(cfg: &Config, events: &[Ev]) -> Vec<Finding> {
     for (i, e) in events.iter().enumerate() {
         out.extend(
             engine
-                .process_json(&e.text(), Position { prefix: "test", index: i })
+                .process_json(
+                    &e.text(),
+                    Position {
+                        prefix: "test",
+                        index: i,
+                    },
+                )
                 .expect("event parses"),
         );
     }
@@ -119,8 +126,10 @@ const EVIL: &str = "203.0.113.66";
 #[test]
 fn session_token_reuse_scenarios() {
     let assoc = |ip: &str, t: i64| {
-        Ev::base("AssociateAddress", "ec2.amazonaws.com", t, "198.51.100.7")
-            .set("requestParameters", json!({"publicIp": ip, "instanceId": INST}))
+        Ev::base("AssociateAddress", "ec2.amazonaws.com", t, "198.51.100.7").set(
+            "requestParameters",
+            json!({"publicIp": ip, "instanceId": INST}),
+        )
     };
     let vpce = |acct: &str, t: i64| {
         Ev::ec2("ASIA1", INST, "10.0.1.5", t)
@@ -397,14 +406,37 @@ fn reuse_findings_carry_both_events_and_the_exceptions_checked() {
     assert_eq!(f.session.as_deref(), Some(&*format!("app-role/{INST}")));
     assert_eq!(f.access_key_id.as_deref(), Some("ASIA1"));
     assert_eq!(f.credential_class.as_deref(), Some("ec2_instance"));
-    assert_eq!(f.event_ids, vec![first.0["eventID"].as_str().unwrap(), second.0["eventID"].as_str().unwrap()]);
+    assert_eq!(
+        f.event_ids,
+        vec![
+            first.0["eventID"].as_str().unwrap(),
+            second.0["eventID"].as_str().unwrap()
+        ]
+    );
     let (a, b) = (&f.events[0], &f.events[1]);
-    assert_eq!((a.role.as_str(), a.origin.as_str(), a.user_agent.as_str()), ("first", HOME, "aws-sdk-go/1.44"));
+    assert_eq!(
+        (a.role.as_str(), a.origin.as_str(), a.user_agent.as_str()),
+        ("first", HOME, "aws-sdk-go/1.44")
+    );
     assert_eq!(a.event_time, time(T0));
-    assert_eq!((b.role.as_str(), b.origin.as_str(), b.user_agent.as_str()), ("second", EVIL, "curl/8.4"));
+    assert_eq!(
+        (b.role.as_str(), b.origin.as_str(), b.user_agent.as_str()),
+        ("second", EVIL, "curl/8.4")
+    );
     assert_eq!(b.origin_kind, "public_ip");
-    let checked: Vec<&str> = f.exceptions_checked.iter().map(|c| c.exception.as_str()).collect();
-    for want in ["aws_service", "aws_internal", "org_vpc_endpoint", "instance_address", "allow_list", "instance_restart"] {
+    let checked: Vec<&str> = f
+        .exceptions_checked
+        .iter()
+        .map(|c| c.exception.as_str())
+        .collect();
+    for want in [
+        "aws_service",
+        "aws_internal",
+        "org_vpc_endpoint",
+        "instance_address",
+        "allow_list",
+        "instance_restart",
+    ] {
         assert!(checked.contains(&want), "missing check {want}: {checked:?}");
     }
     assert!(f.exceptions_checked.iter().all(|c| !c.applied));
@@ -416,7 +448,10 @@ fn a_late_event_with_an_earlier_time_takes_the_lock_and_the_pair_is_reported() {
     let late = Ev::ec2("ASIA1", INST, EVIL, T0 + 60);
     let got = run(&[late.clone(), early.clone()]);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].events[0].origin, HOME, "the earlier event is the home");
+    assert_eq!(
+        got[0].events[0].origin, HOME,
+        "the earlier event is the home"
+    );
     assert_eq!(got[0].events[1].origin, EVIL);
     // And the lock stays with the earlier origin: more calls from home are quiet.
     let more = run(&[late, early, Ev::ec2("ASIA1", INST, HOME, T0 + 120)]);
@@ -435,9 +470,16 @@ fn finding_ids_do_not_depend_on_arrival_order() {
 #[test]
 fn event_rule_scenarios() {
     let ingress = |req: Value| {
-        Ev::base("AuthorizeSecurityGroupIngress", "ec2.amazonaws.com", T0, HOME).set("requestParameters", req)
+        Ev::base(
+            "AuthorizeSecurityGroupIngress",
+            "ec2.amazonaws.com",
+            T0,
+            HOME,
+        )
+        .set("requestParameters", req)
     };
-    let cases: Vec<(&str, Ev, Vec<(&str, Severity)>)> = vec![
+    type Case<'a> = (&'a str, Ev, Vec<(&'a str, Severity)>);
+    let cases: Vec<Case> = vec![
         (
             "ingress open to an anonymised /0",
             ingress(json!({"cidrIp": "208.236.235.254/0", "groupId": "sg-1", "ipPermissions": {}})),
@@ -518,7 +560,8 @@ fn event_rule_scenarios() {
     ];
     for (name, ev, want) in cases {
         let got = run(&[ev]);
-        let got: Vec<(&str, Severity)> = got.iter().map(|f| (f.rule.as_str(), f.severity)).collect();
+        let got: Vec<(&str, Severity)> =
+            got.iter().map(|f| (f.rule.as_str(), f.severity)).collect();
         assert_eq!(got, want, "scenario: {name}");
     }
 }
@@ -526,7 +569,10 @@ fn event_rule_scenarios() {
 #[test]
 fn event_rules_can_be_re_rated_and_switched_off() {
     let ev = Ev::base("x", "x", T0, HOME).name("iam.amazonaws.com", "CreateUser");
-    let got = run_with(&cfg("[rules.create_user]\nseverity = \"critical\"\n"), std::slice::from_ref(&ev));
+    let got = run_with(
+        &cfg("[rules.create_user]\nseverity = \"critical\"\n"),
+        std::slice::from_ref(&ev),
+    );
     assert_eq!(got[0].severity, Severity::Critical);
     assert!(run_with(&cfg("[rules.create_user]\nenabled = false\n"), &[ev]).is_empty());
 }
@@ -541,10 +587,23 @@ fn the_same_event_read_twice_gives_one_finding() {
 fn service_principal_churn_does_not_grow_the_store() {
     let engine = Engine::new(&Config::default());
     for i in 0..5000 {
-        let ev = Ev::role(&format!("ASIASVC{i:06}"), "resource-explorer-2", "resource-explorer-2.amazonaws.com", T0 + i);
+        let ev = Ev::role(
+            &format!("ASIASVC{i:06}"),
+            "resource-explorer-2",
+            "resource-explorer-2.amazonaws.com",
+            T0 + i,
+        );
         let mut ev = ev;
         ev.0["userIdentity"]["invokedBy"] = json!("resource-explorer-2.amazonaws.com");
-        engine.process_json(&ev.text(), Position { prefix: "t", index: 0 }).unwrap();
+        engine
+            .process_json(
+                &ev.text(),
+                Position {
+                    prefix: "t",
+                    index: 0,
+                },
+            )
+            .unwrap();
     }
     assert_eq!(engine.tracked_sessions(), 0);
 }
@@ -554,12 +613,24 @@ fn sessions_expire_and_the_store_stays_bounded() {
     let engine = Engine::new(&cfg("[detection]\nmax_sessions = 1000\n"));
     for i in 0..20_000i64 {
         let ev = Ev::role(&format!("ASIACHURN{i:08}"), "job", HOME, T0 + i);
-        engine.process_json(&ev.text(), Position { prefix: "t", index: 0 }).unwrap();
+        engine
+            .process_json(
+                &ev.text(),
+                Position {
+                    prefix: "t",
+                    index: 0,
+                },
+            )
+            .unwrap();
         if i % 1000 == 999 {
             engine.sweep();
         }
     }
-    assert!(engine.tracked_sessions() <= 1000, "{}", engine.tracked_sessions());
+    assert!(
+        engine.tracked_sessions() <= 1000,
+        "{}",
+        engine.tracked_sessions()
+    );
     // Far past every lifetime, everything expires.
     engine.sweep_at(T0 + 10 * 86400);
     assert_eq!(engine.tracked_sessions(), 0);
@@ -569,11 +640,26 @@ fn sessions_expire_and_the_store_stays_bounded() {
 #[test]
 fn a_snapshot_keeps_the_locks_it_had_learned() {
     let a = Engine::new(&Config::default());
-    a.process_json(&Ev::ec2("ASIA1", INST, HOME, T0).text(), Position { prefix: "t", index: 0 }).unwrap();
+    a.process_json(
+        &Ev::ec2("ASIA1", INST, HOME, T0).text(),
+        Position {
+            prefix: "t",
+            index: 0,
+        },
+    )
+    .unwrap();
     let snap = serde_json::to_string(&a.snapshot()).unwrap();
     let b = Engine::new(&Config::default());
     b.restore(&serde_json::from_str(&snap).unwrap());
-    let got = b.process_json(&Ev::ec2("ASIA1", INST, EVIL, T0 + 5).text(), Position { prefix: "t", index: 1 }).unwrap();
+    let got = b
+        .process_json(
+            &Ev::ec2("ASIA1", INST, EVIL, T0 + 5).text(),
+            Position {
+                prefix: "t",
+                index: 1,
+            },
+        )
+        .unwrap();
     assert_eq!(rules(&got), vec!["session_token_reuse"]);
     assert_eq!(got[0].events[0].origin, HOME);
 }
@@ -584,17 +670,35 @@ mod properties {
     use std::collections::BTreeSet;
 
     fn origin_pool() -> Vec<&'static str> {
-        vec![HOME, EVIL, "198.51.100.5", "10.0.0.7", "075.050.255.67", "ec2.amazonaws.com", "AWS Internal", "2600:1f18::5"]
+        vec![
+            HOME,
+            EVIL,
+            "198.51.100.5",
+            "10.0.0.7",
+            "075.050.255.67",
+            "ec2.amazonaws.com",
+            "AWS Internal",
+            "2600:1f18::5",
+        ]
     }
 
     fn event(k: usize, o: usize, dt: i64, lambda: bool) -> Ev {
         let pool = origin_pool();
         let e = if k < 3 {
-            Ev::ec2(&format!("ASIA{k}"), &format!("i-0{k}00000000000000"), pool[o], T0 + dt)
+            Ev::ec2(
+                &format!("ASIA{k}"),
+                &format!("i-0{k}00000000000000"),
+                pool[o],
+                T0 + dt,
+            )
         } else {
             Ev::role(&format!("ASIA{k}"), "fn", pool[o], T0 + dt)
         };
-        if lambda { e.ua("exec-env/AWS_Lambda_nodejs20.x") } else { e }
+        if lambda {
+            e.ua("exec-env/AWS_Lambda_nodejs20.x")
+        } else {
+            e
+        }
     }
 
     fn sessions(findings: &[Finding]) -> BTreeSet<String> {

@@ -147,7 +147,12 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Optio
         if !cfg.include_console_sessions {
             return None;
         }
-        return Some(simple(key, CredentialClass::Console, role_parts, lambda_runtime));
+        return Some(simple(
+            key,
+            CredentialClass::Console,
+            role_parts,
+            lambda_runtime,
+        ));
     }
     let ec2_delivery = ev
         .user_identity
@@ -232,7 +237,8 @@ mod tests {
                 r#"{{"type":"AssumedRole","accountId":"111122223333","accessKeyId":"{key}","arn":"arn:aws:sts::111122223333:assumed-role/app/{session}"}}"#
             )
         };
-        let cases: Vec<(String, &str, Option<(CredentialClass, &str)>)> = vec![
+        type Case<'a> = (String, &'a str, Option<(CredentialClass, &'a str)>);
+        let cases: Vec<Case> = vec![
             (role("i-0abc1234def567890", "ASIA1"), "", Some((Ec2Instance, "app/i-0abc1234def567890"))),
             (role("i-786a3A8B5C0d92eF4", "ASIA1"), "", Some((Ec2Instance, "app/i-786a3a8b5c0d92ef4"))),
             (
@@ -263,7 +269,10 @@ mod tests {
             )
         };
         let (a, b) = (mk("ASIAAAAA"), mk("ASIABBBB"));
-        let (ea, eb) = (CloudTrailEvent::parse(&a).unwrap(), CloudTrailEvent::parse(&b).unwrap());
+        let (ea, eb) = (
+            CloudTrailEvent::parse(&a).unwrap(),
+            CloudTrailEvent::parse(&b).unwrap(),
+        );
         let cfg = DetectionConfig::default();
         assert_eq!(
             classify(&ea, &cfg).unwrap().session_key,

@@ -71,7 +71,7 @@ fn s<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
 }
 
 /// `{"items":[...]}` or `{"item":[...]}` or a bare array, as EC2's CloudTrail shapes vary.
-fn items<'v>(v: Option<&'v Value>) -> Vec<&'v Value> {
+fn items(v: Option<&Value>) -> Vec<&Value> {
     let Some(v) = v else { return vec![] };
     let inner = v.get("items").or_else(|| v.get("item")).unwrap_or(v);
     match inner {
@@ -125,10 +125,12 @@ impl InstanceBook {
                 let ip = s(&req, "publicIp").and_then(parse_ip).or_else(|| {
                     s(&req, "allocationId").and_then(|a| self.allocations.get(a).map(|e| e.0))
                 });
-                let instance = s(&req, "instanceId").map(str::to_ascii_lowercase).or_else(|| {
-                    s(&req, "networkInterfaceId")
-                        .and_then(|n| self.interfaces.get(n).and_then(|i| i.instance.clone()))
-                });
+                let instance = s(&req, "instanceId")
+                    .map(str::to_ascii_lowercase)
+                    .or_else(|| {
+                        s(&req, "networkInterfaceId")
+                            .and_then(|n| self.interfaces.get(n).and_then(|i| i.instance.clone()))
+                    });
                 if let Some(eni) = s(&req, "networkInterfaceId") {
                     if let Some(ip) = ip {
                         self.add_interface_addrs(eni, None, &[ip], t);
@@ -147,14 +149,17 @@ impl InstanceBook {
                 }
             }
             "AttachNetworkInterface" => {
-                if let (Some(eni), Some(i)) = (s(&req, "networkInterfaceId"), s(&req, "instanceId")) {
+                if let (Some(eni), Some(i)) = (s(&req, "networkInterfaceId"), s(&req, "instanceId"))
+                {
                     let i = i.to_ascii_lowercase();
                     let addrs = self.add_interface_addrs(eni, Some(&i), &[], t);
                     self.credit(&i, &addrs, &call, t);
                 }
             }
             "AssignPrivateIpAddresses" | "AssignIpv6Addresses" => {
-                let Some(eni) = s(&req, "networkInterfaceId") else { return };
+                let Some(eni) = s(&req, "networkInterfaceId") else {
+                    return;
+                };
                 let mut addrs = Vec::new();
                 for set in ["privateIpAddressesSet", "ipv6Addresses", "ipv6AddressesSet"] {
                     for p in items(req.get(set)) {
@@ -181,7 +186,8 @@ impl InstanceBook {
                 let all = self.add_interface_addrs(eni, None, &addrs, t);
                 let instance = self.interfaces.get(eni).and_then(|i| i.instance.clone());
                 if let Some(i) = instance {
-                    let fresh: Vec<IpAddr> = all.into_iter().filter(|a| addrs.contains(a)).collect();
+                    let fresh: Vec<IpAddr> =
+                        all.into_iter().filter(|a| addrs.contains(a)).collect();
                     self.credit(&i, &fresh, &call, t);
                 }
             }
@@ -332,13 +338,34 @@ mod tests {
     #[test]
     fn addresses_are_credited_to_the_instance_they_were_given_to() {
         let book = InstanceBook::default();
-        feed(&book, "AllocateAddress", "{}", r#"{"publicIp":"54.1.1.1","allocationId":"eipalloc-1"}"#);
-        feed(&book, "AssociateAddress", r#"{"allocationId":"eipalloc-1","instanceId":"i-0AB"}"#, "{}");
-        assert!(book.credit_for("i-0ab", "54.1.1.1".parse().unwrap()).is_some());
+        feed(
+            &book,
+            "AllocateAddress",
+            "{}",
+            r#"{"publicIp":"54.1.1.1","allocationId":"eipalloc-1"}"#,
+        );
+        feed(
+            &book,
+            "AssociateAddress",
+            r#"{"allocationId":"eipalloc-1","instanceId":"i-0AB"}"#,
+            "{}",
+        );
+        assert!(book
+            .credit_for("i-0ab", "54.1.1.1".parse().unwrap())
+            .is_some());
 
-        feed(&book, "AssociateAddress", r#"{"publicIp":"54.2.2.2","instanceId":"i-1"}"#, "{}");
-        assert!(book.credit_for("i-1", "54.2.2.2".parse().unwrap()).is_some());
-        assert!(book.credit_for("i-1", "54.1.1.1".parse().unwrap()).is_none());
+        feed(
+            &book,
+            "AssociateAddress",
+            r#"{"publicIp":"54.2.2.2","instanceId":"i-1"}"#,
+            "{}",
+        );
+        assert!(book
+            .credit_for("i-1", "54.2.2.2".parse().unwrap())
+            .is_some());
+        assert!(book
+            .credit_for("i-1", "54.1.1.1".parse().unwrap())
+            .is_none());
 
         feed(
             &book,
@@ -346,8 +373,15 @@ mod tests {
             "{}",
             r#"{"networkInterface":{"networkInterfaceId":"eni-1","privateIpAddress":"10.0.0.9"}}"#,
         );
-        feed(&book, "AttachNetworkInterface", r#"{"networkInterfaceId":"eni-1","instanceId":"i-2"}"#, "{}");
-        assert!(book.credit_for("i-2", "10.0.0.9".parse().unwrap()).is_some());
+        feed(
+            &book,
+            "AttachNetworkInterface",
+            r#"{"networkInterfaceId":"eni-1","instanceId":"i-2"}"#,
+            "{}",
+        );
+        assert!(book
+            .credit_for("i-2", "10.0.0.9".parse().unwrap())
+            .is_some());
 
         feed(
             &book,
@@ -355,15 +389,27 @@ mod tests {
             r#"{"networkInterfaceId":"eni-1","privateIpAddressesSet":{"item":[{"privateIpAddress":"10.0.0.10"}]}}"#,
             "{}",
         );
-        assert!(book.credit_for("i-2", "10.0.0.10".parse().unwrap()).is_some());
+        assert!(book
+            .credit_for("i-2", "10.0.0.10".parse().unwrap())
+            .is_some());
     }
 
     #[test]
     fn start_and_run_reset_the_instance() {
         let book = InstanceBook::default();
-        feed(&book, "StartInstances", r#"{"instancesSet":{"items":[{"instanceId":"i-9"}]}}"#, "{}");
+        feed(
+            &book,
+            "StartInstances",
+            r#"{"instancesSet":{"items":[{"instanceId":"i-9"}]}}"#,
+            "{}",
+        );
         assert_eq!(book.reset_at("i-9"), Some(100));
-        feed(&book, "RunInstances", "{}", r#"{"instancesSet":{"items":[{"instanceId":"i-8"}]}}"#);
+        feed(
+            &book,
+            "RunInstances",
+            "{}",
+            r#"{"instancesSet":{"items":[{"instanceId":"i-8"}]}}"#,
+        );
         assert_eq!(book.reset_at("i-8"), Some(100));
     }
 

@@ -24,7 +24,7 @@ use crate::event::{format_time, CloudTrailEvent, EventError};
 use crate::finding::{ExceptionCheck, Finding};
 use crate::rules::{event_rules, session_token_reuse, RuleSet};
 
-use self::credential::{CredentialClass, Credential};
+use self::credential::{Credential, CredentialClass};
 use self::instances::{InstanceBook, InstanceSnapshot};
 use self::origin::OriginClass;
 use self::store::{SessionStore, StoreSnapshot};
@@ -209,7 +209,9 @@ impl Engine {
         let removed = self.store.sweep(now, self.cfg.detection.max_sessions);
         self.instances
             .sweep(now - self.cfg.detection.window_secs as i64);
-        self.stats.sessions_expired.fetch_add(removed as u64, Relaxed);
+        self.stats
+            .sessions_expired
+            .fetch_add(removed as u64, Relaxed);
         removed
     }
 
@@ -277,7 +279,11 @@ impl Engine {
                         continue;
                     }
                 }
-                let owner = e.owner.as_deref().map(|o| format!(", owner {o}")).unwrap_or_default();
+                let owner = e
+                    .owner
+                    .as_deref()
+                    .map(|o| format!(", owner {o}"))
+                    .unwrap_or_default();
                 return ExceptionCheck {
                     exception: Explanation::AllowList.as_str().into(),
                     applied: true,
@@ -293,7 +299,11 @@ impl Engine {
     }
 
     /// The instance-address credit that explains `addr` for an instance session, or why none did.
-    pub(crate) fn credit_check(&self, cred: &Credential<'_>, addr: Option<IpAddr>) -> ExceptionCheck {
+    pub(crate) fn credit_check(
+        &self,
+        cred: &Credential<'_>,
+        addr: Option<IpAddr>,
+    ) -> ExceptionCheck {
         let exception = Explanation::InstanceAddress.as_str().to_string();
         let Some(instance) = cred.instance_id.as_deref() else {
             return ExceptionCheck {
@@ -320,7 +330,11 @@ impl Engine {
                 let list = if credited.is_empty() {
                     "none seen".to_string()
                 } else {
-                    credited.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                    credited
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 ExceptionCheck {
                     exception,
@@ -345,7 +359,10 @@ impl Engine {
                 Explanation::AwsService,
                 format!("{text} is a {} origin, not an AWS service", class.as_str()),
             ),
-            not(Explanation::AwsInternal, format!("{text} is not AWS Internal")),
+            not(
+                Explanation::AwsInternal,
+                format!("{text} is not AWS Internal"),
+            ),
             not(
                 Explanation::OrgVpcEndpoint,
                 "the call carried no vpcEndpointId".into(),

@@ -147,7 +147,10 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>) -> Origin<'a> {
     if let Some(id) = ev.vpc_endpoint_id.as_deref().filter(|v| !v.is_empty()) {
         return Origin::VpcEndpoint {
             id,
-            account: ev.vpc_endpoint_account_id.as_deref().filter(|v| !v.is_empty()),
+            account: ev
+                .vpc_endpoint_account_id
+                .as_deref()
+                .filter(|v| !v.is_empty()),
             addr: parse_ip(src),
         };
     }
@@ -175,9 +178,7 @@ mod tests {
     use super::*;
 
     fn origin_of(fields: &str) -> (OriginClass, String) {
-        let json = format!(
-            r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"X",{fields}}}"#
-        );
+        let json = format!(r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"X",{fields}}}"#);
         let ev = CloudTrailEvent::parse(&json).unwrap();
         let o = classify(&ev);
         (o.class(), o.to_string())
@@ -187,18 +188,50 @@ mod tests {
     fn origins_are_classified() {
         use OriginClass::*;
         let cases: &[(&str, OriginClass, &str)] = &[
-            (r#""sourceIPAddress":"18.236.253.47""#, PublicIp, "18.236.253.47"),
+            (
+                r#""sourceIPAddress":"18.236.253.47""#,
+                PublicIp,
+                "18.236.253.47",
+            ),
             (r#""sourceIPAddress":"10.1.2.3""#, PrivateIp, "10.1.2.3"),
             (r#""sourceIPAddress":"100.64.0.1""#, PrivateIp, "100.64.0.1"),
-            (r#""sourceIPAddress":"2600:1f18::1""#, PublicIp, "2600:1f18::1"),
+            (
+                r#""sourceIPAddress":"2600:1f18::1""#,
+                PublicIp,
+                "2600:1f18::1",
+            ),
             (r#""sourceIPAddress":"fd00::1""#, PrivateIp, "fd00::1"),
-            (r#""sourceIPAddress":"::ffff:54.1.2.3""#, PublicIp, "54.1.2.3"),
-            (r#""sourceIPAddress":"::ffff:10.0.0.1""#, PrivateIp, "10.0.0.1"),
-            (r#""sourceIPAddress":"075.050.255.67""#, Opaque, "075.050.255.67"),
-            (r#""sourceIPAddress":"REDACTED_SOURCE_IP""#, Opaque, "REDACTED_SOURCE_IP"),
+            (
+                r#""sourceIPAddress":"::ffff:54.1.2.3""#,
+                PublicIp,
+                "54.1.2.3",
+            ),
+            (
+                r#""sourceIPAddress":"::ffff:10.0.0.1""#,
+                PrivateIp,
+                "10.0.0.1",
+            ),
+            (
+                r#""sourceIPAddress":"075.050.255.67""#,
+                Opaque,
+                "075.050.255.67",
+            ),
+            (
+                r#""sourceIPAddress":"REDACTED_SOURCE_IP""#,
+                Opaque,
+                "REDACTED_SOURCE_IP",
+            ),
             (r#""sourceIPAddress":"245.1.2.3""#, PublicIp, "245.1.2.3"),
-            (r#""sourceIPAddress":"AWS Internal""#, AwsInternal, "AWS Internal"),
-            (r#""sourceIPAddress":"ec2.amazonaws.com""#, AwsService, "ec2.amazonaws.com"),
+            (
+                r#""sourceIPAddress":"AWS Internal""#,
+                AwsInternal,
+                "AWS Internal",
+            ),
+            (
+                r#""sourceIPAddress":"ec2.amazonaws.com""#,
+                AwsService,
+                "ec2.amazonaws.com",
+            ),
             (
                 r#""sourceIPAddress":"1.2.3.4","userIdentity":{"invokedBy":"cloudformation.amazonaws.com"}"#,
                 AwsService,

@@ -81,7 +81,10 @@ impl HomeTag {
     }
 
     pub fn interned(self) -> bool {
-        matches!(self, HomeTag::PublicV6 | HomeTag::PrivateV6 | HomeTag::Opaque)
+        matches!(
+            self,
+            HomeTag::PublicV6 | HomeTag::PrivateV6 | HomeTag::Opaque
+        )
     }
 
     pub fn origin_class(self) -> OriginClass {
@@ -257,8 +260,9 @@ impl SessionStore {
             self.strings.release(s.home);
         }
         if s.flags & FLAG_EVENT_ID_INTERNED != 0 {
-            self.strings
-                .release(u32::from_le_bytes(s.event_id[..4].try_into().unwrap_or([0; 4])));
+            self.strings.release(u32::from_le_bytes(
+                s.event_id[..4].try_into().unwrap_or([0; 4]),
+            ));
         }
         self.strings.release(s.ua);
     }
@@ -281,13 +285,20 @@ impl SessionStore {
             HomeTag::PublicV4 | HomeTag::PrivateV4 => Ipv4Addr::from(home).to_string(),
             HomeTag::LambdaRuntime => "lambda-runtime".to_string(),
             _ => {
-                let t = self.strings.get(home).map(|s| s.to_string()).unwrap_or_default();
+                let t = self
+                    .strings
+                    .get(home)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
                 t.strip_prefix("o:").map(str::to_string).unwrap_or(t)
             }
         };
         let event_id = if s.flags & FLAG_EVENT_ID_INTERNED != 0 {
             let id = u32::from_le_bytes(s.event_id[..4].try_into().unwrap_or([0; 4]));
-            self.strings.get(id).map(|s| s.to_string()).unwrap_or_default()
+            self.strings
+                .get(id)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
         } else {
             uuid::Uuid::from_bytes(s.event_id).hyphenated().to_string()
         };
@@ -296,7 +307,11 @@ impl SessionStore {
             origin,
             event_id,
             time: s.first_time as i64,
-            user_agent: self.strings.get(s.ua).map(|s| s.to_string()).unwrap_or_default(),
+            user_agent: self
+                .strings
+                .get(s.ua)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             class: s.class,
             expires: s.expires as i64,
         }
@@ -521,7 +536,12 @@ mod tests {
     fn sweep_frees_sessions_and_their_strings() {
         let store = SessionStore::default();
         for i in 0..100u32 {
-            let s = home(&store, HomeTag::PublicV4, &HomeValue::V4(Ipv4Addr::from(i)), i as i64);
+            let s = home(
+                &store,
+                HomeTag::PublicV4,
+                &HomeValue::V4(Ipv4Addr::from(i)),
+                i as i64,
+            );
             store.update(key_of(&i.to_string()), |_| (Update::Replace(s), ()));
         }
         assert_eq!(store.len(), 100);
@@ -536,7 +556,12 @@ mod tests {
     #[test]
     fn snapshot_restores_the_same_homes() {
         let a = SessionStore::default();
-        let s = home(&a, HomeTag::Opaque, &HomeValue::Text("o:075.050.255.67".into()), 5);
+        let s = home(
+            &a,
+            HomeTag::Opaque,
+            &HomeValue::Text("o:075.050.255.67".into()),
+            5,
+        );
         a.update(key_of("k"), |_| (Update::Replace(s), ()));
         a.mark_reported(key_of("r"), 50);
         let b = SessionStore::default();

@@ -80,7 +80,10 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws
 }
 
 /// Lists every shard of the stream, following `NextToken`.
-async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<aws_sdk_kinesis::types::Shard>> {
+async fn list_shards(
+    client: &Client,
+    stream: &str,
+) -> anyhow::Result<Vec<aws_sdk_kinesis::types::Shard>> {
     let mut shards = Vec::new();
     let mut next: Option<String> = None;
     loop {
@@ -88,10 +91,12 @@ async fn list_shards(client: &Client, stream: &str) -> anyhow::Result<Vec<aws_sd
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("ListShards on {stream}: {}", aws_sdk_kinesis::error::DisplayErrorContext(&e)))?;
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "ListShards on {stream}: {}",
+                aws_sdk_kinesis::error::DisplayErrorContext(&e)
+            )
+        })?;
         shards.extend(resp.shards().iter().cloned());
         match resp.next_token() {
             Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -125,15 +130,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         engine.restore(&cp.engine);
         positions = cp.shards.clone();
         findings_offset = cp.findings_offset;
-        tracing::info!(shards = positions.len(), sessions = engine.tracked_sessions(), "resuming from checkpoint");
+        tracing::info!(
+            shards = positions.len(),
+            sessions = engine.tracked_sessions(),
+            "resuming from checkpoint"
+        );
     }
     let findings = match &cfg.output.findings_file {
-        Some(p) => FindingsSink::open(p, findings_offset).with_context(|| format!("output.findings_file {}", p.display()))?,
+        Some(p) => FindingsSink::open(p, findings_offset)
+            .with_context(|| format!("output.findings_file {}", p.display()))?,
         None => FindingsSink::stdout(),
     };
     let dead_letters = DeadLetterSink::open(cfg.output.dead_letter_file.as_deref())
         .with_context(|| format!("output.dead_letter_file {:?}", cfg.output.dead_letter_file))?;
-    let sdk = sdk_config(cfg.kinesis.region.as_deref(), cfg.kinesis.endpoint_url.as_deref()).await;
+    let sdk = sdk_config(
+        cfg.kinesis.region.as_deref(),
+        cfg.kinesis.endpoint_url.as_deref(),
+    )
+    .await;
     let metrics = Arc::new(Metrics::new());
     metrics.init_labels();
     let shutdown = CancellationToken::new();
@@ -151,7 +165,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         kinesis: cfg.kinesis.clone(),
     });
 
-    let (addr, http) = crate::metrics::serve(&cfg.metrics.addr, metrics.clone(), engine.clone(), shutdown.child_token()).await?;
+    let (addr, http) = crate::metrics::serve(
+        &cfg.metrics.addr,
+        metrics.clone(),
+        engine.clone(),
+        shutdown.child_token(),
+    )
+    .await?;
     tracing::info!(%addr, "metrics listening on {addr}");
     spawn_signal_handler(shutdown.clone());
     let store = Arc::new(store);
@@ -204,7 +224,10 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
@@ -231,8 +254,14 @@ async fn checkpoint(shared: &Arc<Shared>, store: &Arc<CheckpointStore>) -> anyho
         let cp = Checkpoint {
             version: 1,
             stream: shared.stream.clone(),
-            written_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-            shards: shared.positions.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            written_at: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string(),
+            shards: shared
+                .positions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             findings_offset: findings.offset(),
             engine: shared.engine.snapshot(),
         };
@@ -243,12 +272,23 @@ async fn checkpoint(shared: &Arc<Shared>, store: &Arc<CheckpointStore>) -> anyho
     let res = tokio::task::spawn_blocking(move || store.save(&cp)).await?;
     match res {
         Ok(()) => {
-            shared.metrics.checkpoint_writes.with_label_values(&["ok"]).inc();
-            shared.metrics.last_checkpoint_unix.store(chrono::Utc::now().timestamp(), Relaxed);
+            shared
+                .metrics
+                .checkpoint_writes
+                .with_label_values(&["ok"])
+                .inc();
+            shared
+                .metrics
+                .last_checkpoint_unix
+                .store(chrono::Utc::now().timestamp(), Relaxed);
             Ok(())
         }
         Err(e) => {
-            shared.metrics.checkpoint_writes.with_label_values(&["error"]).inc();
+            shared
+                .metrics
+                .checkpoint_writes
+                .with_label_values(&["error"])
+                .inc();
             Err(e.into())
         }
     }
@@ -260,7 +300,9 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, anyhow::Result<ShardExit>)> = JoinSet::new();
     let mut first_listing_done = false;
-    let mut ticker = tokio::time::interval(Duration::from_secs(shared.kinesis.shard_discovery_interval_secs.max(1)));
+    let mut ticker = tokio::time::interval(Duration::from_secs(
+        shared.kinesis.shard_discovery_interval_secs.max(1),
+    ));
     let mut fatal: Option<anyhow::Error> = None;
     loop {
         tokio::select! {
@@ -314,7 +356,10 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         }
     };
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, drain).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("shard tasks did not stop within the deadline; aborting them");
         tasks.abort_all();
     }
@@ -333,7 +378,11 @@ fn start_eligible(
     tasks: &mut JoinSet<(String, anyhow::Result<ShardExit>)>,
     initial: bool,
 ) {
-    let positions = shared.positions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let positions = shared
+        .positions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let done = |id: &str| positions.get(id).is_some_and(|p| p.finished) || !known.contains_key(id);
     for (id, parents) in known {
         if running.contains(id) || positions.get(id).is_some_and(|p| p.finished) {

@@ -12,7 +12,7 @@ use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use rand::Rng;
 
 use super::sequence::SequenceNumber;
-use super::{Shared, ShardExit, Start};
+use super::{ShardExit, Shared, Start};
 use crate::app::process_event;
 use crate::decode::cloudwatch_envelope::{decode_record, Scratch};
 use crate::decode::BadRecord;
@@ -92,16 +92,22 @@ pub(crate) async fn read_shard(
                 Ok(Some(it)) => it,
                 Ok(None) => return Ok(ShardExit::Finished),
                 Err(e) => {
-                    if let Some(GetShardIteratorError::ResourceNotFoundException(_)) = e.as_service_error() {
+                    if let Some(GetShardIteratorError::ResourceNotFoundException(_)) =
+                        e.as_service_error()
+                    {
                         tracing::warn!(shard = %shard_id, "shard no longer exists; treating it as finished");
                         return Ok(ShardExit::Finished);
                     }
                     let kind = match e.as_service_error() {
-                        Some(GetShardIteratorError::ProvisionedThroughputExceededException(_)) => "throttled",
+                        Some(GetShardIteratorError::ProvisionedThroughputExceededException(_)) => {
+                            "throttled"
+                        }
                         Some(_) => "service",
                         None => "network",
                     };
-                    m.get_records_errors.with_label_values(&[&shard_id, kind]).inc();
+                    m.get_records_errors
+                        .with_label_values(&[&shard_id, kind])
+                        .inc();
                     tracing::warn!(shard = %shard_id, error = %DisplayErrorContext(&e), "GetShardIterator failed; backing off");
                     if !pause(&shared, backoff.next_delay()).await {
                         return Ok(ShardExit::Shutdown);
@@ -147,7 +153,9 @@ pub(crate) async fn read_shard(
                         "network"
                     }
                 };
-                m.get_records_errors.with_label_values(&[&shard_id, kind]).inc();
+                m.get_records_errors
+                    .with_label_values(&[&shard_id, kind])
+                    .inc();
                 if kind != "expired_iterator" {
                     tracing::warn!(shard = %shard_id, error = %DisplayErrorContext(&e), "GetRecords failed; backing off");
                     if !pause(&shared, backoff.next_delay()).await {
@@ -159,7 +167,9 @@ pub(crate) async fn read_shard(
         };
         backoff.reset();
         if let Some(ms) = resp.millis_behind_latest() {
-            m.behind_latest.with_label_values(&[&shard_id]).set(ms as f64 / 1000.0);
+            m.behind_latest
+                .with_label_values(&[&shard_id])
+                .set(ms as f64 / 1000.0);
         }
         let records = resp.records();
         if let Some(last) = process_batch(&shared, &shard_id, records, &mut scratch).await? {
@@ -233,15 +243,22 @@ async fn process_batch(
         }
         match SequenceNumber::parse(seq) {
             Some(s) => last = Some(s),
-            None => tracing::warn!(shard = %shard_id, sequence = %seq, "record with a malformed sequence number"),
+            None => {
+                tracing::warn!(shard = %shard_id, sequence = %seq, "record with a malformed sequence number")
+            }
         }
     }
-    m.records.with_label_values(&[shard_id]).inc_by(records.len() as u64);
+    m.records
+        .with_label_values(&[shard_id])
+        .inc_by(records.len() as u64);
     m.record_bytes.with_label_values(&[shard_id]).inc_by(bytes);
     m.shard_events.with_label_values(&[shard_id]).inc_by(events);
 
     {
-        let mut dl = shared.dead_letters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dl = shared
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for (b, seq, data) in record_bad {
             m.bad_records.with_label_values(&[b.kind.as_str()]).inc();
             dl.write(&b, shard_id, &seq, data)?;
@@ -262,7 +279,9 @@ async fn process_batch(
         let now = chrono::Utc::now();
         let now_f = now.timestamp() as f64 + now.timestamp_subsec_millis() as f64 / 1000.0;
         for f in &written {
-            m.findings.with_label_values(&[&f.rule, f.severity.as_str()]).inc();
+            m.findings
+                .with_label_values(&[&f.rule, f.severity.as_str()])
+                .inc();
             if let Some(t) = parse_time(&f.event_time) {
                 m.event_to_finding.observe((now_f - t as f64).max(0.0));
             }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::engine::credential::Credential;
 use crate::engine::origin::Origin;
-use crate::engine::store::{key_of_parts, clamp_u32};
+use crate::engine::store::{clamp_u32, key_of_parts};
 use crate::engine::{Engine, Position};
 use crate::event::{format_time, CloudTrailEvent};
 use crate::finding::{finding_id, Finding};
@@ -63,59 +63,104 @@ pub(crate) fn check(
             if let Some(c) = cred.filter(|c| c.class.is_workload()) {
                 hits.push(Hit {
                     rule: "workload_get_caller_identity",
-                    what: format!("GetCallerIdentity with {} credentials of {}", c.class.as_str(), c.session_display),
+                    what: format!(
+                        "GetCallerIdentity with {} credentials of {}",
+                        c.class.as_str(),
+                        c.session_display
+                    ),
                 });
             }
         }
         ("ec2.amazonaws.com", "AuthorizeSecurityGroupIngress" | "ModifySecurityGroupRules") => {
             let open = world_open_ranges(&req);
             if !open.is_empty() {
-                let group = req.get("groupId").and_then(Value::as_str).unwrap_or("a security group");
+                let group = req
+                    .get("groupId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("a security group");
                 hits.push(Hit {
                     rule: "security_group_open_to_world",
                     what: format!("ingress to {group} opened to {}", open.join(", ")),
                 });
             }
         }
-        ("cloudtrail.amazonaws.com", "StopLogging") => hits.push(trail_hit("stop_logging", "logging stopped on", &req)),
-        ("cloudtrail.amazonaws.com", "DeleteTrail") => hits.push(trail_hit("delete_trail", "deleted", &req)),
-        ("cloudtrail.amazonaws.com", "PutEventSelectors") => {
-            hits.push(trail_hit("put_event_selectors", "event selectors changed on", &req))
+        ("cloudtrail.amazonaws.com", "StopLogging") => {
+            hits.push(trail_hit("stop_logging", "logging stopped on", &req))
         }
-        ("iam.amazonaws.com", "DeactivateMFADevice") => hits.push(user_hit("deactivate_mfa_device", "MFA device deactivated for", &req)),
+        ("cloudtrail.amazonaws.com", "DeleteTrail") => {
+            hits.push(trail_hit("delete_trail", "deleted", &req))
+        }
+        ("cloudtrail.amazonaws.com", "PutEventSelectors") => hits.push(trail_hit(
+            "put_event_selectors",
+            "event selectors changed on",
+            &req,
+        )),
+        ("iam.amazonaws.com", "DeactivateMFADevice") => hits.push(user_hit(
+            "deactivate_mfa_device",
+            "MFA device deactivated for",
+            &req,
+        )),
         ("iam.amazonaws.com", "DeleteVirtualMFADevice") => hits.push(Hit {
             rule: "delete_virtual_mfa_device",
             what: format!(
                 "virtual MFA device {} deleted",
-                req.get("serialNumber").and_then(Value::as_str).unwrap_or("?")
+                req.get("serialNumber")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
             ),
         }),
-        ("iam.amazonaws.com", "CreateUser") => hits.push(user_hit("create_user", "IAM user created:", &req)),
-        ("iam.amazonaws.com", "CreateAccessKey") => hits.push(user_hit("create_access_key", "access key created for", &req)),
-        ("iam.amazonaws.com", "CreateLoginProfile") => hits.push(user_hit("create_login_profile", "console password created for", &req)),
+        ("iam.amazonaws.com", "CreateUser") => {
+            hits.push(user_hit("create_user", "IAM user created:", &req))
+        }
+        ("iam.amazonaws.com", "CreateAccessKey") => hits.push(user_hit(
+            "create_access_key",
+            "access key created for",
+            &req,
+        )),
+        ("iam.amazonaws.com", "CreateLoginProfile") => hits.push(user_hit(
+            "create_login_profile",
+            "console password created for",
+            &req,
+        )),
         ("ec2.amazonaws.com", "ModifySnapshotAttribute") => {
             let adds = permission_adds(req.get("createVolumePermission"));
-            share_hits(e, &mut hits, "snapshot", req.get("snapshotId"), &adds, own_account);
+            share_hits(
+                e,
+                &mut hits,
+                "snapshot",
+                req.get("snapshotId"),
+                &adds,
+                own_account,
+            );
         }
         ("ec2.amazonaws.com", "ModifyImageAttribute") => {
             let adds = permission_adds(req.get("launchPermission"));
             share_hits(e, &mut hits, "ami", req.get("imageId"), &adds, own_account);
         }
-        ("rds.amazonaws.com", "ModifyDBSnapshotAttribute" | "ModifyDBClusterSnapshotAttribute") => {
-            if req.get("attributeName").and_then(Value::as_str) == Some("restore") {
-                let adds: Vec<String> = req
-                    .get("valuesToAdd")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-                    .unwrap_or_default();
-                let id = req.get("dBSnapshotIdentifier").or_else(|| req.get("dBClusterSnapshotIdentifier"));
-                share_hits(e, &mut hits, "snapshot", id, &adds, own_account);
-            }
+        ("rds.amazonaws.com", "ModifyDBSnapshotAttribute" | "ModifyDBClusterSnapshotAttribute")
+            if req.get("attributeName").and_then(Value::as_str) == Some("restore") =>
+        {
+            let adds: Vec<String> = req
+                .get("valuesToAdd")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let id = req
+                .get("dBSnapshotIdentifier")
+                .or_else(|| req.get("dBClusterSnapshotIdentifier"));
+            share_hits(e, &mut hits, "snapshot", id, &adds, own_account);
         }
         _ => {}
     }
     for hit in hits {
-        let Some(mut sev) = e.rules.get(hit.rule) else { continue };
+        let Some(mut sev) = e.rules.get(hit.rule) else {
+            continue;
+        };
         let failed = !ev.succeeded();
         if failed {
             sev = sev.lowered();
@@ -123,7 +168,11 @@ pub(crate) fn check(
         // GetCallerIdentity dedups per (session, origin); the other rules per event.
         let (dedup_parts, id_parts): (Vec<String>, Vec<String>) = match (hit.rule, cred) {
             ("workload_get_caller_identity", Some(c)) => {
-                let parts = vec![hit.rule.to_string(), c.session_key.clone(), origin.to_string()];
+                let parts = vec![
+                    hit.rule.to_string(),
+                    c.session_key.clone(),
+                    origin.to_string(),
+                ];
                 (parts.clone(), parts)
             }
             _ => {
@@ -133,12 +182,21 @@ pub(crate) fn check(
         };
         let dedup_refs: Vec<&[u8]> = dedup_parts.iter().map(|s| s.as_bytes()).collect();
         let window = e.cfg.detection.window_secs as i64;
-        if !e.store.mark_reported(key_of_parts(&dedup_refs), i64::from(clamp_u32(t + window))) {
-            e.stats.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !e
+            .store
+            .mark_reported(key_of_parts(&dedup_refs), i64::from(clamp_u32(t + window)))
+        {
+            e.stats
+                .suppressed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             continue;
         }
         let id_refs: Vec<&str> = id_parts.iter().map(String::as_str).collect();
-        let error_code = ev.error_code.as_deref().filter(|c| !c.is_empty()).map(str::to_string);
+        let error_code = ev
+            .error_code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
         let title = match &error_code {
             Some(code) => format!("{} (failed: {code})", hit.what),
             None => hit.what,
@@ -158,7 +216,9 @@ pub(crate) fn check(
             events: vec![event_evidence("trigger", ev, origin, t, pos)],
             exceptions_checked: vec![],
             event_time: format_time(t),
-            detected_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            detected_at: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string(),
         });
     }
 }
@@ -169,12 +229,21 @@ fn trail_hit(rule: &'static str, verb: &str, req: &Value) -> Hit {
         .or_else(|| req.get("trailName"))
         .and_then(Value::as_str)
         .unwrap_or("a trail");
-    Hit { rule, what: format!("CloudTrail {verb} {trail}") }
+    Hit {
+        rule,
+        what: format!("CloudTrail {verb} {trail}"),
+    }
 }
 
 fn user_hit(rule: &'static str, verb: &str, req: &Value) -> Hit {
-    let user = req.get("userName").and_then(Value::as_str).unwrap_or("the caller");
-    Hit { rule, what: format!("{verb} {user}") }
+    let user = req
+        .get("userName")
+        .and_then(Value::as_str)
+        .unwrap_or("the caller");
+    Hit {
+        rule,
+        what: format!("{verb} {user}"),
+    }
 }
 
 /// CIDRs with prefix length 0 in an ingress request, IPv4 or IPv6, in any of EC2's shapes:
@@ -196,9 +265,15 @@ fn collect_world_cidrs(v: &Value, out: &mut Vec<String>, depth: usize) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                if matches!(k.as_str(), "cidrIp" | "cidrIpv6" | "CidrIpv4" | "CidrIpv6" | "cidrIpv4") {
+                if matches!(
+                    k.as_str(),
+                    "cidrIp" | "cidrIpv6" | "CidrIpv4" | "CidrIpv6" | "cidrIpv4"
+                ) {
                     if let Some(c) = x.as_str() {
-                        if c.trim().rsplit_once('/').is_some_and(|(_, len)| len.trim() == "0") {
+                        if c.trim()
+                            .rsplit_once('/')
+                            .is_some_and(|(_, len)| len.trim() == "0")
+                        {
                             out.push(c.trim().to_string());
                         }
                     }
@@ -207,7 +282,9 @@ fn collect_world_cidrs(v: &Value, out: &mut Vec<String>, depth: usize) {
                 }
             }
         }
-        Value::Array(a) => a.iter().for_each(|x| collect_world_cidrs(x, out, depth + 1)),
+        Value::Array(a) => a
+            .iter()
+            .for_each(|x| collect_world_cidrs(x, out, depth + 1)),
         _ => {}
     }
 }
@@ -247,7 +324,10 @@ fn share_hits(
         ("snapshot_shared_publicly", "snapshot_shared_externally")
     };
     if adds.iter().any(|a| a.eq_ignore_ascii_case("all")) {
-        hits.push(Hit { rule: public_rule, what: format!("{kind} {id} shared with all accounts") });
+        hits.push(Hit {
+            rule: public_rule,
+            what: format!("{kind} {id} shared with all accounts"),
+        });
     }
     let external: Vec<&str> = adds
         .iter()
@@ -257,7 +337,10 @@ fn share_hits(
     if !external.is_empty() {
         hits.push(Hit {
             rule: external_rule,
-            what: format!("{kind} {id} shared with account(s) outside the organisation: {}", external.join(", ")),
+            what: format!(
+                "{kind} {id} shared with account(s) outside the organisation: {}",
+                external.join(", ")
+            ),
         });
     }
 }

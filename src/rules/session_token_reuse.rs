@@ -80,7 +80,11 @@ pub(crate) fn check(
                     expires,
                 );
             } else if let Some(sev) = e.rules.get(FOREIGN_VPCE) {
-                let dedup = key_of_parts(&[FOREIGN_VPCE.as_bytes(), cred.session_key.as_bytes(), id.as_bytes()]);
+                let dedup = key_of_parts(&[
+                    FOREIGN_VPCE.as_bytes(),
+                    cred.session_key.as_bytes(),
+                    id.as_bytes(),
+                ]);
                 if e.store.mark_reported(dedup, expires) {
                     let owner_text = owner.unwrap_or("an unknown account");
                     out.push(Finding {
@@ -101,7 +105,9 @@ pub(crate) fn check(
                         ..base(ev, cred, t)
                     });
                 } else {
-                    e.stats.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    e.stats
+                        .suppressed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             return;
@@ -115,18 +121,48 @@ pub(crate) fn check(
         let outcome = e.store.update(key, |cur| match cur {
             Some(s) if s.tag() == HomeTag::LambdaRuntime || (s.expires as i64) < t => {
                 if (s.expires as i64) < t {
-                    (Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, expires, cred)), Outcome::Locked)
+                    (
+                        Update::Replace(new_home(
+                            e,
+                            ev,
+                            HomeTag::LambdaRuntime,
+                            None,
+                            t,
+                            expires,
+                            cred,
+                        )),
+                        Outcome::Locked,
+                    )
                 } else {
                     (Update::Touch { expires }, Outcome::Home)
                 }
             }
             // An outside use came first: this runtime call shows it was a Lambda's credential.
             Some(s) => (
-                Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, expires.max(s.expires as i64), cred)),
-                Outcome::Pair { stored: e.store.evidence(s), this_is_first: true },
+                Update::Replace(new_home(
+                    e,
+                    ev,
+                    HomeTag::LambdaRuntime,
+                    None,
+                    t,
+                    expires.max(s.expires as i64),
+                    cred,
+                )),
+                Outcome::Pair {
+                    stored: e.store.evidence(s),
+                    this_is_first: true,
+                },
             ),
             None => (
-                Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, expires, cred)),
+                Update::Replace(new_home(
+                    e,
+                    ev,
+                    HomeTag::LambdaRuntime,
+                    None,
+                    t,
+                    expires,
+                    cred,
+                )),
                 Outcome::Locked,
             ),
         });
@@ -142,19 +178,24 @@ pub(crate) fn check(
     let allow = e.allow_check(addr, session_account, cred, t);
     if allow.applied {
         e.stats.explained(Explanation::AllowList);
-        e.store.add_explained(key, origin.to_string(), allow.detail, expires);
+        e.store
+            .add_explained(key, origin.to_string(), allow.detail, expires);
         return;
     }
     if cred.instance_id.is_some() {
         let credit = e.credit_check(cred, addr);
         if credit.applied {
             e.stats.explained(Explanation::InstanceAddress);
-            e.store.add_explained(key, origin.to_string(), credit.detail, expires);
+            e.store
+                .add_explained(key, origin.to_string(), credit.detail, expires);
             return;
         }
     }
 
-    let reset = cred.instance_id.as_deref().and_then(|i| e.instances.reset_at(i));
+    let reset = cred
+        .instance_id
+        .as_deref()
+        .and_then(|i| e.instances.reset_at(i));
     let outcome = e.store.update(key, |cur| {
         let fresh = |exp: i64| Update::Replace(new_home(e, ev, tag, Some(&value), t, exp, cred));
         let Some(s) = cur else {
@@ -167,7 +208,10 @@ pub(crate) fn check(
         if s.tag() == HomeTag::LambdaRuntime {
             return (
                 Update::Touch { expires },
-                Outcome::Pair { stored: e.store.evidence(s), this_is_first: false },
+                Outcome::Pair {
+                    stored: e.store.evidence(s),
+                    this_is_first: false,
+                },
             );
         }
         if e.store.same_home(s, tag, &value) {
@@ -189,16 +233,24 @@ pub(crate) fn check(
             // A late event with an earlier time takes the lock; the pair is still reported.
             return (
                 fresh(expires.max(s_expires)),
-                Outcome::Pair { stored: e.store.evidence(s), this_is_first: true },
+                Outcome::Pair {
+                    stored: e.store.evidence(s),
+                    this_is_first: true,
+                },
             );
         }
         (
             Update::Touch { expires },
-            Outcome::Pair { stored: e.store.evidence(s), this_is_first: false },
+            Outcome::Pair {
+                stored: e.store.evidence(s),
+                this_is_first: false,
+            },
         )
     });
     if matches!(outcome, Outcome::TooOld) {
-        e.stats.late_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        e.stats
+            .late_events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     report(e, ev, cred, origin, t, pos, outcome, sev, out);
 }
@@ -235,12 +287,18 @@ fn base(ev: &CloudTrailEvent<'_>, cred: &Credential<'_>, t: i64) -> Finding {
         session: Some(cred.session_display.clone()),
         credential_class: Some(cred.class.as_str().to_string()),
         principal_arn: ev.arn().map(str::to_string),
-        error_code: ev.error_code.as_deref().filter(|c| !c.is_empty()).map(str::to_string),
+        error_code: ev
+            .error_code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
         event_ids: vec![],
         events: vec![],
         exceptions_checked: vec![],
         event_time: format_time(t),
-        detected_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        detected_at: chrono::Utc::now()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string(),
     }
 }
 
@@ -271,7 +329,11 @@ fn report(
     sev: crate::finding::Severity,
     out: &mut Vec<Finding>,
 ) {
-    let Outcome::Pair { stored, this_is_first } = outcome else {
+    let Outcome::Pair {
+        stored,
+        this_is_first,
+    } = outcome
+    else {
         return;
     };
     let this = |role: &str| event_evidence(role, ev, origin, t, pos);
@@ -282,11 +344,21 @@ fn report(
     };
     let lambda = stored.tag == HomeTag::LambdaRuntime || cred.lambda_runtime;
     // The dedup and the id name the outside origin (for Lambda, the one without markers).
-    let outside = if lambda && cred.lambda_runtime { &stored.origin } else { &second.origin };
-    let dedup = key_of_parts(&[RULE.as_bytes(), cred.session_key.as_bytes(), outside.as_bytes()]);
+    let outside = if lambda && cred.lambda_runtime {
+        &stored.origin
+    } else {
+        &second.origin
+    };
+    let dedup = key_of_parts(&[
+        RULE.as_bytes(),
+        cred.session_key.as_bytes(),
+        outside.as_bytes(),
+    ]);
     let expires = stored.expires.max(t);
     if !e.store.mark_reported(dedup, expires) {
-        e.stats.suppressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        e.stats
+            .suppressed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return;
     }
     let home_time = parse_time(&first.event_time).unwrap_or(t);
@@ -296,11 +368,20 @@ fn report(
         checks.push(ExceptionCheck {
             exception: Explanation::LambdaRuntime.as_str().into(),
             applied: false,
-            detail: format!("the call from {outside} carries none of the Lambda runtime markers ({markers})"),
+            detail: format!(
+                "the call from {outside} carries none of the Lambda runtime markers ({markers})"
+            ),
         });
         (
-            format!("Lambda credentials of {} used outside the Lambda runtime, from {outside}", cred.session_display),
-            if cred.lambda_runtime { stored.tag.origin_class() } else { origin.class() },
+            format!(
+                "Lambda credentials of {} used outside the Lambda runtime, from {outside}",
+                cred.session_display
+            ),
+            if cred.lambda_runtime {
+                stored.tag.origin_class()
+            } else {
+                origin.class()
+            },
         )
     } else {
         (
@@ -308,7 +389,11 @@ fn report(
                 "{} used from a second origin {} (home {} since {})",
                 cred.session_display, second.origin, first.origin, first.event_time
             ),
-            if this_is_first { stored.tag.origin_class() } else { origin.class() },
+            if this_is_first {
+                stored.tag.origin_class()
+            } else {
+                origin.class()
+            },
         )
     };
     let outside_addr: Option<IpAddr> = outside.parse().ok();
@@ -325,15 +410,25 @@ fn report(
             ),
             None => format!("no StartInstances or RunInstances of {instance} seen"),
         };
-        checks.push(ExceptionCheck { exception: "instance_restart".into(), applied: false, detail });
+        checks.push(ExceptionCheck {
+            exception: "instance_restart".into(),
+            applied: false,
+            detail,
+        });
     }
     let explained = e.store.explained(key_of(&cred.session_key));
     if !explained.is_empty() {
-        let list: Vec<String> = explained.iter().map(|x| format!("{} ({})", x.origin, x.reason)).collect();
+        let list: Vec<String> = explained
+            .iter()
+            .map(|x| format!("{} ({})", x.origin, x.reason))
+            .collect();
         checks.push(ExceptionCheck {
             exception: "explained_so_far".into(),
             applied: false,
-            detail: format!("origins explained earlier in this session: {}", list.join("; ")),
+            detail: format!(
+                "origins explained earlier in this session: {}",
+                list.join("; ")
+            ),
         });
     }
     let latest = home_time.max(parse_time(&second.event_time).unwrap_or(t));

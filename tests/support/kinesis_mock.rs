@@ -195,7 +195,10 @@ impl KinesisMock {
             .find(|s| s.shard_id() == shard_id)
             .unwrap_or_else(|| panic!("no shard {shard_id} in {shards:?}"));
         let range = shard.hash_key_range().expect("hash key range");
-        let lo: u128 = range.starting_hash_key().parse().expect("starting hash key");
+        let lo: u128 = range
+            .starting_hash_key()
+            .parse()
+            .expect("starting hash key");
         let hi: u128 = range.ending_hash_key().parse().expect("ending hash key");
         let middle = lo + (hi - lo) / 2 + 1;
         self.kinesis()
