@@ -15,31 +15,31 @@ use serde_json::value::RawValue;
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CloudTrailEvent<'a> {
-    #[serde(rename = "eventID", borrow)]
+    #[serde(rename = "eventID", borrow, deserialize_with = "borrow_str")]
     pub event_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub event_time: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub event_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub event_source: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub event_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub aws_region: Option<Cow<'a, str>>,
-    #[serde(rename = "sourceIPAddress", borrow)]
+    #[serde(rename = "sourceIPAddress", borrow, deserialize_with = "borrow_str")]
     pub source_ip_address: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub user_agent: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub error_code: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub error_message: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub recipient_account_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub vpc_endpoint_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub vpc_endpoint_account_id: Option<Cow<'a, str>>,
     /// `"true"` on calls made with credentials issued to a console session.
     #[serde(deserialize_with = "lenient_bool")]
@@ -56,19 +56,19 @@ pub struct CloudTrailEvent<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct UserIdentity<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, deserialize_with = "borrow_str")]
     pub identity_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub principal_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub arn: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub account_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub access_key_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub user_name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub invoked_by: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub session_context: Option<SessionContext<'a>>,
@@ -82,28 +82,38 @@ pub struct SessionContext<'a> {
     #[serde(borrow)]
     pub session_issuer: Option<SessionIssuer<'a>>,
     /// Present (e.g. `"2.0"`) when the credentials were delivered by the EC2 instance metadata service.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub ec2_role_delivery: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub source_identity: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SessionAttributes<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub creation_date: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SessionIssuer<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, deserialize_with = "borrow_str")]
     pub issuer_type: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub arn: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "borrow_str")]
     pub user_name: Option<Cow<'a, str>>,
+}
+
+/// `Option<Cow<str>>` that borrows from the input when the string has no escapes (serde's
+/// `borrow` does not reach through `Option`).
+fn borrow_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
 /// CloudTrail writes some booleans as strings (`"true"`), some as JSON booleans.
@@ -148,7 +158,14 @@ impl EventError {
 impl<'a> CloudTrailEvent<'a> {
     /// Parses one event from its JSON text, borrowing strings where possible.
     pub fn parse(json: &'a str) -> Result<Self, EventError> {
-        let ev: CloudTrailEvent<'a> = serde_json::from_str(json).map_err(EventError::NotJson)?;
+        let ev: CloudTrailEvent<'a> =
+            serde_json::from_str(json).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => EventError::BadField {
+                    field: "a field of another type",
+                    value: e.to_string(),
+                },
+                _ => EventError::NotJson(e),
+            })?;
         if ev.event_time.is_none() {
             return Err(EventError::MissingField("eventTime"));
         }
@@ -257,6 +274,25 @@ mod tests {
         assert_eq!(ev.time_secs().unwrap(), 1722587035);
         assert!(matches!(ev.event_id, Some(Cow::Borrowed(_))));
         assert!(ev.succeeded());
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_a_bad_field_not_bad_json() {
+        let err = CloudTrailEvent::parse(
+            r#"{"eventName":"X","eventTime":"2024-01-01T00:00:00Z","userAgent":5}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "bad_field");
+    }
+
+    #[test]
+    fn escaped_strings_are_owned_and_unescaped() {
+        let ev = CloudTrailEvent::parse(
+            r#"{"eventName":"X","eventTime":"2024-01-01T00:00:00Z","userAgent":"a\"b"}"#,
+        )
+        .unwrap();
+        assert_eq!(ev.user_agent(), "a\"b");
+        assert!(matches!(ev.user_agent, Some(Cow::Owned(_))));
     }
 
     #[test]
