@@ -26,6 +26,8 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     pub output: OutputConfig,
     pub metrics: MetricsConfig,
+    /// `[[escalation]]`: where findings are delivered.
+    pub escalation: Vec<crate::escalation::EscalationConfig>,
 }
 
 /// `[detection]`: how sessions are tracked.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod engine;
+pub mod escalation;
 pub mod event;
 pub mod finding;
 pub mod hunt;
