@@ -140,8 +140,8 @@ pub fn decode_record(
     )
     .map_err(|(kind, detail)| BadRecord::new(kind, position, detail))
     .and_then(|()| {
-        decode_envelope_in(
-            &scratch.gunzipped,
+        decode_envelope_in_place(
+            &mut scratch.gunzipped,
             limits,
             position,
             0,
@@ -197,8 +197,20 @@ pub(crate) fn decode_envelope_in(
             max_event_bytes: limits.max_event_bytes,
         })
         .and_then(|fields| de.end().map(|()| fields))
-        .map_err(|e| envelope_json_error(&e, position))?;
+        .map_err(|e| envelope_json_error(&e, position))?
+        .into_owned();
+    finish_envelope(fields, position, base_index, buf, on_event, on_bad)
+}
 
+/// Checks the envelope's fields and hands out its events and set-aside log events.
+fn finish_envelope(
+    fields: EnvelopeFields<'static>,
+    position: &str,
+    base_index: usize,
+    buf: &mut EventBuf,
+    on_event: &mut impl FnMut(RawEvent<'_>),
+    on_bad: &mut impl FnMut(BadRecord),
+) -> Result<(EnvelopeSummary, usize), BadRecord> {
     let message_type = match fields.message_type.as_deref() {
         Some("DATA_MESSAGE") => MessageType::Data,
         Some("CONTROL_MESSAGE") => MessageType::Control,
@@ -252,6 +264,33 @@ pub(crate) fn decode_envelope_in(
         }
     }
     Ok((summary, slots.len()))
+}
+
+/// [`decode_envelope_in`] on a buffer it may change: simd-json unescapes strings in place with
+/// SIMD (chosen at run time, so the binary stays portable), which is most of an envelope's
+/// cost, since every CloudTrail event is one escaped JSON string.
+pub(crate) fn decode_envelope_in_place(
+    json: &mut [u8],
+    limits: &Limits,
+    position: &str,
+    base_index: usize,
+    buf: &mut EventBuf,
+    on_event: &mut impl FnMut(RawEvent<'_>),
+    on_bad: &mut impl FnMut(BadRecord),
+) -> Result<(EnvelopeSummary, usize), BadRecord> {
+    buf.clear();
+    let fields = {
+        // Building the tape validates the whole document: its errors are syntax errors.
+        let mut de = simd_json::Deserializer::from_slice(json)
+            .map_err(|e| BadRecord::new(BadKind::NotJson, position, e.to_string()))?;
+        de.deserialize_map(EnvelopeVisitor {
+            buf: &mut *buf,
+            max_event_bytes: limits.max_event_bytes,
+        })
+        .map_err(|e| BadRecord::new(BadKind::BadEnvelope, position, e.to_string()))?
+        .into_owned()
+    };
+    finish_envelope(fields, position, base_index, buf, on_event, on_bad)
 }
 
 fn envelope_json_error(e: &serde_json::Error, position: &str) -> BadRecord {
@@ -357,6 +396,19 @@ enum EnvelopeField {
 /// A string borrowed from the input unless it had escapes.
 #[derive(Deserialize)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl EnvelopeFields<'_> {
+    fn into_owned(self) -> EnvelopeFields<'static> {
+        let own = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
+        EnvelopeFields {
+            message_type: own(self.message_type),
+            owner: own(self.owner),
+            log_group: own(self.log_group),
+            log_stream: own(self.log_stream),
+            log_events: self.log_events,
+        }
+    }
+}
 
 #[derive(Default)]
 struct EnvelopeFields<'de> {
