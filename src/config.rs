@@ -352,6 +352,7 @@ impl Config {
                 "input.max_event_bytes / input.max_decompressed_bytes: must be above 0".into(),
             ));
         }
+        crate::escalation::validate(&self.escalation).map_err(ConfigError)?;
         if self.checkpoint.interval_secs == 0 {
             return Err(ConfigError(
                 "checkpoint.interval_secs: must be above 0".into(),

@@ -1,8 +1,52 @@
 //! Prometheus metrics and the health endpoints (`/metrics`, `/livez`, `/readyz`).
 //!
 //! Every metric name lives here. Names follow the Prometheus naming guide: `credwatch_` prefix,
-//! base units, `_total` on counters. Label values are drawn from small fixed sets (shard ids,
-//! rule ids, classes, kinds): never a credential, an address or an account.
+//! base units (seconds, bytes), `_total` on counters and only there, timestamps as
+//! `_timestamp_seconds` gauges. Label values are drawn from small fixed sets (shard ids, rule
+//! ids, severities, classes, kinds, outcomes, destination kinds with their index): never a
+//! credential, an address or an account. The unit test at the end of this file checks the
+//! rendered registry against those rules; `tests/prometheus.rs` runs `promtool check metrics`
+//! on a live `/metrics` and evaluates every dashboard and alert expression against it.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `credwatch_build_info` | gauge (1) | `version` |
+//! | `credwatch_kinesis_records_total` | counter | `shard` |
+//! | `credwatch_kinesis_bytes_total` | counter | `shard` |
+//! | `credwatch_kinesis_events_total` | counter | `shard` |
+//! | `credwatch_kinesis_behind_latest_seconds` | gauge | `shard` |
+//! | `credwatch_kinesis_get_records_throttled_total` | counter | `shard` |
+//! | `credwatch_kinesis_get_records_errors_total` | counter | `shard`, `error` |
+//! | `credwatch_kinesis_shards_owned` | gauge | |
+//! | `credwatch_events_total` | counter | `origin_class` |
+//! | `credwatch_events_by_credential_total` | counter | `credential_class` |
+//! | `credwatch_origins_explained_total` | counter | `exception` |
+//! | `credwatch_event_watermark_timestamp_seconds` | gauge | |
+//! | `credwatch_late_events_total` | counter | |
+//! | `credwatch_sessions_tracked` | gauge | |
+//! | `credwatch_sessions_expired_total` | counter | |
+//! | `credwatch_store_interned_strings` | gauge | |
+//! | `credwatch_instances_tracked` | gauge | |
+//! | `credwatch_bad_records_total` | counter | `kind` |
+//! | `credwatch_findings_total` | counter | `rule`, `severity` |
+//! | `credwatch_findings_suppressed_total` | counter | |
+//! | `credwatch_detection_latency_seconds` | histogram | |
+//! | `credwatch_event_to_finding_seconds` | histogram | |
+//! | `credwatch_checkpoint_writes_total` | counter | `outcome` |
+//! | `credwatch_checkpoint_age_seconds` | gauge | |
+//! | `credwatch_checkpoint_last_success_timestamp_seconds` | gauge | |
+//! | `credwatch_escalations_total` | counter | `destination`, `outcome` |
+//! | `credwatch_escalation_retries_total` | counter | `destination` |
+//! | `credwatch_escalation_spool_depth` | gauge | `destination` |
+//! | `credwatch_escalation_delivery_seconds` | histogram | `destination` |
+//!
+//! plus the standard `process_*` metrics (CPU, resident memory, file descriptors) on Linux.
+//!
+//! The escalation series are created and moved by `src/escalation` (its `OUTCOMES`): `destination`
+//! is the entry's `name`, else its type and index (`webhook-0`), never its URL.
+//!
+//! GetRecords throttles are counted twice on purpose: in `..._get_records_throttled_total` and as
+//! `error="throttled"` in `..._get_records_errors_total` (which also counts GetShardIterator).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
@@ -13,6 +57,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -22,6 +67,9 @@ use crate::decode::BadKind;
 use crate::engine::credential::CredentialClass;
 use crate::engine::origin::OriginClass;
 use crate::engine::{Engine, Explanation};
+
+/// The `error` label values of `credwatch_kinesis_get_records_errors_total`.
+pub const GET_RECORDS_ERRORS: [&str; 4] = ["throttled", "service", "network", "expired_iterator"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -37,8 +85,11 @@ pub struct Metrics {
     events: IntCounterVec,
     events_by_credential: IntCounterVec,
     explained: IntCounterVec,
+    watermark: IntGauge,
     sessions_tracked: IntGauge,
     sessions_expired: IntCounter,
+    interned_strings: IntGauge,
+    instances_tracked: IntGauge,
     late_events: IntCounter,
     suppressed: IntCounter,
     // Outcomes.
@@ -46,47 +97,69 @@ pub struct Metrics {
     pub findings: IntCounterVec,
     pub checkpoint_writes: IntCounterVec,
     pub checkpoint_age: IntGauge,
+    pub checkpoint_last_success: IntGauge,
+    /// Unix time of the last successful checkpoint (0: none yet); set by the checkpointer.
     pub last_checkpoint_unix: AtomicI64,
+    /// Unix time these metrics were created: the checkpoint age counts from here until the first
+    /// checkpoint is written, so a checkpointer that never succeeds shows up as a growing age.
+    started_unix: i64,
     pub detection_latency: Histogram,
     pub event_to_finding: Histogram,
     pub escalations: IntCounterVec,
     pub escalation_retries: IntCounterVec,
     pub escalation_spool_depth: IntGaugeVec,
     pub escalation_latency: HistogramVec,
+    /// Set by the coordinator: true once shards are assigned, false again while shutting down.
+    /// `/readyz` also requires at least one owned shard.
     pub ready: AtomicBool,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(r, IntCounter::new(name, help).expect("valid metric"))
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+    register(r, IntGauge::new(name, help).expect("valid metric"))
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("valid metric");
-    r.register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            .expect("valid metric"),
+    )
+}
+
+/// Record arrival in Kinesis to finding written, and finding to delivery: seconds at most.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+
+/// Event time to finding written: CloudTrail delivers to CloudWatch Logs within about 5 minutes
+/// (up to 15), and a replay from TRIM_HORIZON reads events up to the stream's retention old.
+const EVENT_AGE_BUCKETS: [f64; 14] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+    86400.0,
 ];
 
 impl Default for Metrics {
@@ -104,67 +177,69 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ));
         }
-        let behind_latest = GaugeVec::new(
-            Opts::new(
-                "credwatch_kinesis_behind_latest_seconds",
-                "MillisBehindLatest of the last GetRecords, in seconds",
-            ),
-            &["shard"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(behind_latest.clone()))
-            .expect("metric registered once");
-        let spool = IntGaugeVec::new(
-            Opts::new(
-                "credwatch_escalation_spool_depth",
-                "Findings waiting in the escalation spool",
-            ),
-            &["destination"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(spool.clone()))
-            .expect("metric registered once");
-        let esc_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "credwatch_escalation_delivery_seconds",
-                "Time from finding to confirmed delivery",
+        let build_info = gauge_vec(
+            &r,
+            "credwatch_build_info",
+            "Always 1; the version of the running credwatch",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let behind_latest = register(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "credwatch_kinesis_behind_latest_seconds",
+                    "MillisBehindLatest of the shard's last GetRecords, in seconds",
+                ),
+                &["shard"],
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["destination"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(esc_latency.clone()))
-            .expect("metric registered once");
+            .expect("valid metric"),
+        );
+        let escalation_latency = register(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "credwatch_escalation_delivery_seconds",
+                    "Time from finding written to its delivery confirmed by the destination",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["destination"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             records: counter_vec(
                 &r,
                 "credwatch_kinesis_records_total",
-                "Kinesis records read",
+                "Kinesis records read, by shard",
                 &["shard"],
             ),
             record_bytes: counter_vec(
                 &r,
                 "credwatch_kinesis_bytes_total",
-                "Bytes of Kinesis record data read",
+                "Bytes of Kinesis record data read, by shard",
                 &["shard"],
             ),
             shard_events: counter_vec(
                 &r,
                 "credwatch_kinesis_events_total",
-                "CloudTrail events decoded from Kinesis records",
+                "CloudTrail events decoded from Kinesis records, by shard",
                 &["shard"],
             ),
             behind_latest,
             throttles: counter_vec(
                 &r,
                 "credwatch_kinesis_get_records_throttled_total",
-                "GetRecords calls throttled (ProvisionedThroughputExceeded)",
+                "GetRecords calls throttled (ProvisionedThroughputExceeded, KMS throttling), by shard",
                 &["shard"],
             ),
             get_records_errors: counter_vec(
                 &r,
                 "credwatch_kinesis_get_records_errors_total",
-                "GetRecords and GetShardIterator failures",
+                "GetRecords and GetShardIterator failures, by shard and error \
+                 (throttled, service, network, expired_iterator)",
                 &["shard", "error"],
             ),
             shards_owned: gauge(
@@ -181,14 +256,19 @@ impl Metrics {
             events_by_credential: counter_vec(
                 &r,
                 "credwatch_events_by_credential_total",
-                "CloudTrail events processed, by credential class",
+                "CloudTrail events processed, by credential class (untracked: no tracked credential)",
                 &["credential_class"],
             ),
             explained: counter_vec(
                 &r,
                 "credwatch_origins_explained_total",
-                "Origins that needed no lock or were explained, by exception",
+                "New origins that were explained by an exception, by exception",
                 &["exception"],
+            ),
+            watermark: gauge(
+                &r,
+                "credwatch_event_watermark_timestamp_seconds",
+                "Latest CloudTrail event time seen (Unix time)",
             ),
             sessions_tracked: gauge(
                 &r,
@@ -199,6 +279,16 @@ impl Metrics {
                 &r,
                 "credwatch_sessions_expired_total",
                 "Sessions removed from the store at expiry",
+            ),
+            interned_strings: gauge(
+                &r,
+                "credwatch_store_interned_strings",
+                "Distinct strings (non-IPv4 origins) interned by the session-origin store",
+            ),
+            instances_tracked: gauge(
+                &r,
+                "credwatch_instances_tracked",
+                "EC2 instances in the instance book (address credits, restarts)",
             ),
             late_events: counter(
                 &r,
@@ -213,7 +303,7 @@ impl Metrics {
             bad_records: counter_vec(
                 &r,
                 "credwatch_bad_records_total",
-                "Records or events set aside, by kind",
+                "Records or events set aside (dead-lettered), by kind",
                 &["kind"],
             ),
             findings: counter_vec(
@@ -225,41 +315,53 @@ impl Metrics {
             checkpoint_writes: counter_vec(
                 &r,
                 "credwatch_checkpoint_writes_total",
-                "Checkpoint writes by outcome",
+                "Checkpoint writes, by outcome (ok, error)",
                 &["outcome"],
             ),
             checkpoint_age: gauge(
                 &r,
                 "credwatch_checkpoint_age_seconds",
-                "Seconds since the last successful checkpoint",
+                "Seconds since the last successful checkpoint (since start until the first one)",
+            ),
+            checkpoint_last_success: gauge(
+                &r,
+                "credwatch_checkpoint_last_success_timestamp_seconds",
+                "Unix time of the last successful checkpoint (0: none yet)",
             ),
             last_checkpoint_unix: AtomicI64::new(0),
+            started_unix: chrono::Utc::now().timestamp(),
             detection_latency: histogram(
                 &r,
                 "credwatch_detection_latency_seconds",
                 "From the record's arrival in Kinesis to its finding written",
-                LATENCY_BUCKETS.to_vec(),
+                &LATENCY_BUCKETS,
             ),
             event_to_finding: histogram(
                 &r,
                 "credwatch_event_to_finding_seconds",
                 "From the event's time to its finding written",
-                LATENCY_BUCKETS.to_vec(),
+                &EVENT_AGE_BUCKETS,
             ),
             escalations: counter_vec(
                 &r,
                 "credwatch_escalations_total",
-                "Escalation deliveries by destination and outcome",
+                "Escalation outcomes by destination: delivered, retried, rejected (per attempt), \
+                 dead_lettered (per finding given up on)",
                 &["destination", "outcome"],
             ),
             escalation_retries: counter_vec(
                 &r,
                 "credwatch_escalation_retries_total",
-                "Escalation delivery retries",
+                "Escalation delivery retries, by destination",
                 &["destination"],
             ),
-            escalation_spool_depth: spool,
-            escalation_latency: esc_latency,
+            escalation_spool_depth: gauge_vec(
+                &r,
+                "credwatch_escalation_spool_depth",
+                "Findings waiting in the escalation spool, by destination",
+                &["destination"],
+            ),
+            escalation_latency,
             ready: AtomicBool::new(false),
             registry: r,
         }
@@ -289,7 +391,38 @@ impl Metrics {
         }
     }
 
-    /// Copies the engine's counters into the registry (counters only move forward).
+    /// Pre-creates one shard's series at 0 (records, bytes, events, throttles, errors by kind).
+    /// Idempotent; every shard that has answered a GetRecords is also filled at scrape time.
+    pub fn init_shard(&self, shard: &str) {
+        self.records.with_label_values(&[shard]);
+        self.record_bytes.with_label_values(&[shard]);
+        self.shard_events.with_label_values(&[shard]);
+        self.throttles.with_label_values(&[shard]);
+        for e in GET_RECORDS_ERRORS {
+            self.get_records_errors.with_label_values(&[shard, e]);
+        }
+    }
+
+    /// Drops a finished shard's lag gauge (a closed shard's last MillisBehindLatest is not lag);
+    /// its counters stay.
+    pub fn shard_finished(&self, shard: &str) {
+        let _ = self.behind_latest.remove_label_values(&[shard]);
+    }
+
+    /// Shards that reported a MillisBehindLatest: every shard read since it started.
+    fn reporting_shards(&self) -> Vec<String> {
+        self.behind_latest
+            .collect()
+            .iter()
+            .flat_map(|mf| mf.get_metric())
+            .flat_map(|m| m.get_label())
+            .filter(|l| l.name() == "shard")
+            .map(|l| l.value().to_string())
+            .collect()
+    }
+
+    /// Copies the engine's counters and sizes into the registry (counters only move forward) and
+    /// fills in the series dashboards expect: per shard and per configured rule severity.
     pub fn sync_engine(&self, engine: &Engine) {
         let s = &engine.stats;
         let bump = |c: &IntCounter, v: u64| {
@@ -323,12 +456,32 @@ impl Metrics {
         bump(&self.sessions_expired, s.sessions_expired.load(Relaxed));
         bump(&self.late_events, s.late_events.load(Relaxed));
         bump(&self.suppressed, s.suppressed.load(Relaxed));
+        self.watermark.set(engine.watermark());
         self.sessions_tracked.set(engine.tracked_sessions() as i64);
+        self.interned_strings
+            .set(engine.store.interned_strings() as i64);
+        self.instances_tracked.set(engine.instances.len() as i64);
         let last = self.last_checkpoint_unix.load(Relaxed);
-        if last > 0 {
-            self.checkpoint_age
-                .set(chrono::Utc::now().timestamp() - last);
+        self.checkpoint_last_success.set(last);
+        let since = if last > 0 { last } else { self.started_unix };
+        self.checkpoint_age
+            .set((chrono::Utc::now().timestamp() - since).max(0));
+
+        // Rules re-rated in config count under their configured severity.
+        for r in crate::rules::RULES {
+            if let Some(sev) = engine.rules.get(r.id) {
+                self.findings.with_label_values(&[r.id, sev.as_str()]);
+            }
         }
+        for shard in self.reporting_shards() {
+            self.init_shard(&shard);
+        }
+    }
+
+    /// What `/readyz` answers: 200 when the coordinator says ready and at least one shard is
+    /// owned, else 503.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed) && self.shards_owned.get() > 0
     }
 
     /// The text exposition.
@@ -354,7 +507,7 @@ async fn metrics_handler(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.metrics.ready.load(Relaxed) {
+    if s.metrics.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -362,6 +515,7 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 /// Binds the metrics and health server; returns the bound address and the serving future.
+/// The server stops (gracefully) when `shutdown` is cancelled.
 pub async fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
@@ -385,4 +539,401 @@ pub async fn serve(
             .await;
     });
     Ok((local, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::Position;
+
+    /// Label names that would carry a credential, an address or an account.
+    const FORBIDDEN_LABELS: &[&str] = &[
+        "access_key",
+        "access_key_id",
+        "account",
+        "account_id",
+        "address",
+        "arn",
+        "credential",
+        "host",
+        "ip",
+        "principal",
+        "principal_arn",
+        "session",
+        "source_ip",
+        "url",
+        "user",
+        "user_agent",
+    ];
+
+    /// Name parts that are not base units.
+    const NON_BASE_UNITS: &[&str] = &[
+        "milliseconds",
+        "millis",
+        "ms",
+        "microseconds",
+        "us",
+        "nanoseconds",
+        "ns",
+        "minutes",
+        "hours",
+        "days",
+        "kilobytes",
+        "kb",
+        "megabytes",
+        "mb",
+        "gigabytes",
+        "gb",
+        "bits",
+        "percent",
+    ];
+
+    /// One family of the text exposition.
+    #[derive(Default, Debug)]
+    struct Family {
+        kind: String,
+        help: String,
+        /// (sample name, labels)
+        samples: Vec<(String, BTreeMap<String, String>)>,
+    }
+
+    /// Parses the text exposition into families by name (label values are plain here: no
+    /// escapes, no commas).
+    fn parse(text: &str) -> BTreeMap<String, Family> {
+        let mut out: BTreeMap<String, Family> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.entry(name.into()).or_default().help = help.into();
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE line has a type");
+                out.entry(name.into()).or_default().kind = kind.into();
+            } else {
+                assert!(!line.starts_with('#'), "unexpected comment: {line}");
+                let (series, _value) = line.rsplit_once(' ').expect("sample has a value");
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, l)) => (n, l.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let labels: BTreeMap<String, String> = labels
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (k, v) = l.split_once('=').expect("label is k=\"v\"");
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|s| name.strip_suffix(s))
+                    .find(|base| out.get(*base).is_some_and(|f| f.kind == "histogram"))
+                    .unwrap_or(name);
+                out.get_mut(family)
+                    .unwrap_or_else(|| panic!("sample {name} before its TYPE line"))
+                    .samples
+                    .push((name.to_string(), labels));
+            }
+        }
+        out
+    }
+
+    fn is_snake(s: &str) -> bool {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !s.contains("__")
+            && !s.ends_with('_')
+    }
+
+    /// A label value that looks like an access key, an IPv4 address, an account id or a URL.
+    fn looks_sensitive(v: &str) -> bool {
+        let key = (v.starts_with("ASIA") || v.starts_with("AKIA")) && v.len() >= 16;
+        let ipv4 = v.parse::<std::net::Ipv4Addr>().is_ok();
+        let ipv6 = v.contains(':') && v.parse::<std::net::Ipv6Addr>().is_ok();
+        let account = v.len() == 12 && v.bytes().all(|b| b.is_ascii_digit());
+        key || ipv4 || ipv6 || account || v.contains("://")
+    }
+
+    /// Checks one family against the naming rules; returns the problems found.
+    fn problems(name: &str, f: &Family) -> Vec<String> {
+        let mut p = Vec::new();
+        if !is_snake(name) {
+            p.push("not lower snake case".into());
+        }
+        let standard = name.starts_with("process_");
+        if !standard && !name.starts_with("credwatch_") {
+            p.push("no credwatch_ prefix".into());
+        }
+        if f.help.trim().is_empty() {
+            p.push("no HELP".into());
+        }
+        match f.kind.as_str() {
+            "counter" => {
+                if !name.ends_with("_total") {
+                    p.push("counter without _total".into());
+                }
+            }
+            "gauge" | "histogram" | "summary" => {
+                if name.ends_with("_total") {
+                    p.push(format!("{} ending in _total", f.kind));
+                }
+            }
+            other => p.push(format!("type {other:?} (untyped?)")),
+        }
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        if base.contains("_total") {
+            p.push("_total inside the name".into());
+        }
+        for suffix in ["_count", "_sum", "_bucket"] {
+            if base.ends_with(suffix) {
+                p.push(format!("ends with the reserved {suffix}"));
+            }
+        }
+        for part in base.split('_') {
+            if NON_BASE_UNITS.contains(&part) {
+                p.push(format!("non-base unit {part:?}"));
+            }
+        }
+        // A unit in the name comes last (before `_total`): `..._seconds`, `..._bytes`.
+        for unit in ["seconds", "bytes"] {
+            let parts: Vec<&str> = base.split('_').collect();
+            if let Some(i) = parts.iter().position(|x| *x == unit) {
+                if i != parts.len() - 1 {
+                    p.push(format!("unit {unit:?} not at the end"));
+                }
+            }
+        }
+        if f.kind == "histogram" && !(base.ends_with("_seconds") || base.ends_with("_bytes")) {
+            p.push("histogram without a base unit (_seconds, _bytes)".into());
+        }
+        if name.contains("timestamp") && !base.ends_with("_timestamp_seconds") {
+            p.push("a timestamp that is not _timestamp_seconds".into());
+        }
+        if f.samples.is_empty() {
+            p.push("no sample".into());
+        }
+        for (sample, labels) in &f.samples {
+            for (k, v) in labels {
+                if k == "le" && f.kind == "histogram" {
+                    continue;
+                }
+                if !is_snake(k) {
+                    p.push(format!("{sample}: label name {k:?} not lower snake case"));
+                }
+                if FORBIDDEN_LABELS.contains(&k.as_str()) {
+                    p.push(format!(
+                        "{sample}: label {k:?} could carry sensitive values"
+                    ));
+                }
+                if looks_sensitive(v) {
+                    p.push(format!("{sample}: label value {k}={v:?} looks sensitive"));
+                }
+            }
+        }
+        p
+    }
+
+    /// An engine that has seen a stolen instance credential: a home and a second origin.
+    fn busy_engine(cfg: &Config) -> Engine {
+        let engine = Engine::new(cfg);
+        let event = |id: &str, ip: &str, time: &str| {
+            serde_json::json!({
+                "eventVersion": "1.08", "eventID": id, "eventTime": time,
+                "eventName": "DescribeInstances", "eventSource": "ec2.amazonaws.com",
+                "eventType": "AwsApiCall", "awsRegion": "us-east-1",
+                "sourceIPAddress": ip, "userAgent": "aws-cli/2.15",
+                "recipientAccountId": "111122223333",
+                "userIdentity": {
+                    "type": "AssumedRole",
+                    "principalId": "AROAEXAMPLE:i-0123456789abcdef0",
+                    "arn": "arn:aws:sts::111122223333:assumed-role/app/i-0123456789abcdef0",
+                    "accountId": "111122223333",
+                    "accessKeyId": "ASIAEXAMPLEEXAMPLE01",
+                    "sessionContext": {
+                        "sessionIssuer": {"type": "Role", "userName": "app",
+                            "arn": "arn:aws:iam::111122223333:role/app"},
+                        "attributes": {"creationDate": "2024-08-02T08:00:00Z",
+                            "mfaAuthenticated": "false"},
+                        "ec2RoleDelivery": "2.0"
+                    }
+                }
+            })
+            .to_string()
+        };
+        let pos = Position {
+            prefix: "test",
+            index: 0,
+        };
+        let home = event("e-home", "54.10.0.1", "2024-08-02T08:10:00Z");
+        let second = event("e-second", "203.0.113.7", "2024-08-02T08:11:00Z");
+        let mut findings = engine.process_json(&home, pos).expect("home event parses");
+        findings.extend(
+            engine
+                .process_json(&second, pos)
+                .expect("second event parses"),
+        );
+        assert!(
+            findings.iter().any(|f| f.rule == "session_token_reuse"),
+            "the pair should give a finding: {findings:?}"
+        );
+        engine
+    }
+
+    #[test]
+    fn every_rendered_metric_follows_the_naming_rules() {
+        let cfg = Config::default();
+        let engine = busy_engine(&cfg);
+        let m = Metrics::new();
+        m.init_labels();
+        // A shard that answered a GetRecords, and a finding observed as the shard task does.
+        m.behind_latest
+            .with_label_values(&["shardId-000000000000"])
+            .set(1.5);
+        m.findings
+            .with_label_values(&["session_token_reuse", "high"])
+            .inc();
+        m.detection_latency.observe(0.2);
+        m.event_to_finding.observe(300.0);
+        // The escalation series, as src/escalation creates them for a destination.
+        for o in ["delivered", "retried", "rejected", "dead_lettered"] {
+            m.escalations.with_label_values(&["webhook-0", o]);
+        }
+        m.escalation_retries.with_label_values(&["webhook-0"]);
+        m.escalation_latency.with_label_values(&["webhook-0"]);
+        m.escalation_spool_depth
+            .with_label_values(&["webhook-0"])
+            .set(0);
+        m.sync_engine(&engine);
+        let text = m.render();
+        let families = parse(&text);
+
+        let mut bad = Vec::new();
+        for (name, f) in &families {
+            for p in problems(name, f) {
+                bad.push(format!("{name}: {p}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "naming problems:\n{}\n\n{text}",
+            bad.join("\n")
+        );
+
+        // Everything the dashboards and alerts use is there, with series, after init + sync.
+        let names: BTreeSet<&str> = families.keys().map(String::as_str).collect();
+        for want in [
+            "credwatch_build_info",
+            "credwatch_kinesis_records_total",
+            "credwatch_kinesis_bytes_total",
+            "credwatch_kinesis_events_total",
+            "credwatch_kinesis_behind_latest_seconds",
+            "credwatch_kinesis_get_records_throttled_total",
+            "credwatch_kinesis_get_records_errors_total",
+            "credwatch_kinesis_shards_owned",
+            "credwatch_events_total",
+            "credwatch_events_by_credential_total",
+            "credwatch_origins_explained_total",
+            "credwatch_event_watermark_timestamp_seconds",
+            "credwatch_late_events_total",
+            "credwatch_sessions_tracked",
+            "credwatch_sessions_expired_total",
+            "credwatch_store_interned_strings",
+            "credwatch_instances_tracked",
+            "credwatch_bad_records_total",
+            "credwatch_findings_total",
+            "credwatch_findings_suppressed_total",
+            "credwatch_detection_latency_seconds",
+            "credwatch_event_to_finding_seconds",
+            "credwatch_checkpoint_writes_total",
+            "credwatch_checkpoint_age_seconds",
+            "credwatch_checkpoint_last_success_timestamp_seconds",
+            "credwatch_escalations_total",
+            "credwatch_escalation_retries_total",
+            "credwatch_escalation_spool_depth",
+            "credwatch_escalation_delivery_seconds",
+            #[cfg(target_os = "linux")]
+            "process_resident_memory_bytes",
+        ] {
+            assert!(names.contains(want), "{want} is not rendered:\n{text}");
+        }
+        let values = |family: &str, label: &str| -> BTreeSet<String> {
+            families[family]
+                .samples
+                .iter()
+                .filter_map(|(_, l)| l.get(label).cloned())
+                .collect()
+        };
+        assert_eq!(
+            values("credwatch_bad_records_total", "kind").len(),
+            BadKind::ALL.len()
+        );
+        assert_eq!(
+            values("credwatch_kinesis_get_records_errors_total", "error"),
+            GET_RECORDS_ERRORS.iter().map(|s| s.to_string()).collect()
+        );
+        assert_eq!(
+            values("credwatch_kinesis_records_total", "shard"),
+            BTreeSet::from(["shardId-000000000000".to_string()])
+        );
+        let rules = values("credwatch_findings_total", "rule");
+        for r in crate::rules::RULES {
+            assert!(rules.contains(r.id), "no series for rule {}", r.id);
+        }
+        // The engine's counters were copied.
+        assert!(
+            text.contains("credwatch_events_total{origin_class=\"public_ip\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("credwatch_sessions_tracked 1"), "{text}");
+    }
+
+    #[test]
+    fn ready_needs_the_coordinator_and_an_owned_shard() {
+        let m = Metrics::new();
+        assert!(!m.is_ready(), "not ready before anything");
+        m.ready.store(true, Relaxed);
+        assert!(!m.is_ready(), "not ready without a shard");
+        m.shards_owned.set(2);
+        assert!(m.is_ready());
+        m.ready.store(false, Relaxed);
+        assert!(!m.is_ready(), "not ready while shutting down");
+    }
+
+    #[test]
+    fn checkpoint_age_counts_from_start_until_the_first_checkpoint() {
+        let engine = Engine::new(&Config::default());
+        let mut m = Metrics::new();
+        m.started_unix -= 100;
+        m.sync_engine(&engine);
+        assert!(m.checkpoint_age.get() >= 100, "{}", m.checkpoint_age.get());
+        assert_eq!(m.checkpoint_last_success.get(), 0);
+        let now = chrono::Utc::now().timestamp();
+        m.last_checkpoint_unix.store(now - 3, Relaxed);
+        m.sync_engine(&engine);
+        assert!((3..100).contains(&m.checkpoint_age.get()));
+        assert_eq!(m.checkpoint_last_success.get(), now - 3);
+    }
+
+    #[test]
+    fn a_finished_shard_loses_its_lag_but_keeps_its_counters() {
+        let m = Metrics::new();
+        m.init_shard("shardId-000000000001");
+        m.behind_latest
+            .with_label_values(&["shardId-000000000001"])
+            .set(0.0);
+        m.shard_finished("shardId-000000000001");
+        let text = m.render();
+        assert!(
+            !text.contains("credwatch_kinesis_behind_latest_seconds{"),
+            "{text}"
+        );
+        assert!(
+            text.contains("credwatch_kinesis_records_total{shard=\"shardId-000000000001\"} 0"),
+            "{text}"
+        );
+    }
 }

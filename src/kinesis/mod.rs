@@ -25,6 +25,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, ShardCheckpoint};
 use crate::config::{Config, KinesisConfig, StartPosition};
 use crate::decode::Limits;
 use crate::engine::Engine;
+use crate::escalation::Escalator;
 use crate::metrics::Metrics;
 use crate::sink::{DeadLetterSink, FindingsSink};
 
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub findings: Mutex<FindingsSink>,
     pub dead_letters: Mutex<DeadLetterSink>,
+    /// Findings are spooled here (durably) before a shard's position moves past them.
+    pub escalator: Arc<Escalator>,
     pub positions: Mutex<BTreeMap<String, ShardCheckpoint>>,
     /// Shard tasks hold it for reading while a batch is processed and written; the
     /// checkpointer holds it for writing while it copies positions and the engine.
@@ -151,12 +154,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.init_labels();
     let shutdown = CancellationToken::new();
+    let spool = cfg.checkpoint.dir.join("escalation-spool");
+    let escalator = Arc::new(Escalator::new(&cfg.escalation, &spool, metrics.clone())?);
+    let delivery = tokio::spawn(escalator.clone().deliver(shutdown.child_token()));
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         limits: Limits::from(&cfg.input),
         metrics: metrics.clone(),
         findings: Mutex::new(findings),
         dead_letters: Mutex::new(dead_letters),
+        escalator,
         positions: Mutex::new(positions),
         gate: tokio::sync::RwLock::new(()),
         shutdown: shutdown.clone(),
@@ -165,11 +172,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         kinesis: cfg.kinesis.clone(),
     });
 
+    // The health server outlives `shutdown`: /readyz answers 503 while the shard tasks drain
+    // and the final checkpoint is written; it stops after that.
+    let http_stop = CancellationToken::new();
     let (addr, http) = crate::metrics::serve(
         &cfg.metrics.addr,
         metrics.clone(),
         engine.clone(),
-        shutdown.child_token(),
+        http_stop.clone(),
     )
     .await?;
     tracing::info!(%addr, "metrics listening on {addr}");
@@ -212,6 +222,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = checkpointer.await;
     let _ = sweeper.await;
     let final_cp = checkpoint(&shared, &store).await;
+    let _ = delivery.await;
+    http_stop.cancel();
     let _ = http.await;
     result?;
     final_cp.context("final checkpoint")?;
@@ -323,7 +335,7 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
                         }
                         start_eligible(&shared, &known, &mut running, &mut tasks, !first_listing_done);
                         first_listing_done = true;
-                        shared.metrics.ready.store(!running.is_empty() || !known.is_empty(), Relaxed);
+                        set_ready(&shared, &running);
                     }
                     Err(e) => tracing::warn!(error = %e, "listing shards failed; will retry"),
                 }
@@ -338,8 +350,10 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
                 match exit {
                     Ok(ShardExit::Finished) => {
                         tracing::info!(shard = %shard_id, "shard finished (SHARD_END)");
+                        shared.metrics.shard_finished(&shard_id);
                         shared.positions.lock().unwrap_or_else(|p| p.into_inner()).entry(shard_id).or_default().finished = true;
                         start_eligible(&shared, &known, &mut running, &mut tasks, false);
+                        set_ready(&shared, &running);
                     }
                     Ok(ShardExit::Shutdown) => {}
                     Err(e) => { fatal = Some(e.context(format!("shard {shard_id}"))); break; }
@@ -367,6 +381,12 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Ready while at least one shard is read and shutdown has not begun.
+fn set_ready(shared: &Shared, running: &HashSet<String>) {
+    let ready = !running.is_empty() && !shared.shutdown.is_cancelled();
+    shared.metrics.ready.store(ready, Relaxed);
 }
 
 /// Starts every known shard that is not finished, not running, and whose parents are finished

@@ -82,6 +82,7 @@ pub(crate) async fn read_shard(
     let mut iterator: Option<String> = None;
     let mut scratch = Scratch::default();
     let poll = Duration::from_millis(shared.kinesis.poll_interval_ms);
+    m.init_shard(&shard_id);
     loop {
         if shared.shutdown.is_cancelled() {
             return Ok(ShardExit::Shutdown);
@@ -276,6 +277,13 @@ async fn process_batch(
             .unwrap_or_else(|p| p.into_inner())
             .write(&findings)
             .map_err(|e| anyhow::anyhow!("writing findings: {e}"))?;
+        // Spooled durably before the position below moves past these records. The whole batch,
+        // not only what the findings file took: after a crash between the two, the replay finds
+        // its findings already in the file, and the spool skips the ids it already holds.
+        shared
+            .escalator
+            .submit(&findings)
+            .map_err(|e| anyhow::anyhow!("spooling findings for escalation: {e}"))?;
         let now = chrono::Utc::now();
         let now_f = now.timestamp() as f64 + now.timestamp_subsec_millis() as f64 / 1000.0;
         for f in &written {

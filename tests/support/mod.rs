@@ -5,3 +5,5 @@
 
 pub mod kinesis_mock;
 pub mod moto;
+pub mod prometheus;
+pub mod receiver;
