@@ -55,5 +55,3 @@ cargo clippy --all-targets -- -D warnings
 # speed and memory are measured in benchmarks, never in tests.
 step "cargo test --lib --bins --tests"
 cargo test --lib --bins --tests
-step "cargo test --doc"
-cargo test --doc
