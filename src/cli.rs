@@ -46,6 +46,12 @@ pub enum Command {
     Run(RunArgs),
     /// List the rules with their default severities.
     Rules,
+    /// Replay CloudTrail files into CloudWatch Logs (PutLogEvents) or Kinesis (PutRecords).
+    Replay(crate::workload::replay::ReplayArgs),
+    /// Generate a seeded synthetic CloudTrail workload with its ground truth.
+    Generate(crate::workload::generate::GenerateArgs),
+    /// Score findings against a generated workload's ground truth.
+    Score(crate::workload::score::ScoreArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +130,9 @@ pub fn run(cli: Cli) -> i32 {
             }
             EXIT_OK
         }
+        Command::Replay(args) => crate::workload::replay::cli(args),
+        Command::Generate(args) => crate::workload::generate::cli(args),
+        Command::Score(args) => crate::workload::score::cli(args),
     }
 }
 

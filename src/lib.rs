@@ -18,3 +18,4 @@ pub mod kinesis;
 pub mod metrics;
 pub mod rules;
 pub mod sink;
+pub mod workload;
