@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,12 +20,9 @@ use support::prometheus::{
     dashboard_exprs, describe, free_port, has_data, http, promtool, substitute_grafana_variables,
     PrometheusServer,
 };
+use support::run::{gzip, log_tail, now_secs, test_env, ACCT, LOG_GROUP, REGION, RULE};
 
-const ACCT: &str = "111122223333";
-const REGION: &str = "us-east-1";
 const STREAM: &str = "cloudtrail";
-const LOG_GROUP: &str = "/aws/cloudtrail/credwatch";
-const RULE: &str = "session_token_reuse";
 /// Garbage records put on the stream: each is one bad record.
 const GARBAGE_RECORDS: usize = 3;
 const WAIT: Duration = Duration::from_secs(60);
@@ -71,13 +67,6 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
 // ---- the scenario --------------------------------------------------------------------------
 
 /// A CloudTrail event of EC2 instance-profile session number `n`, from `ip` at `t`.
@@ -113,12 +102,6 @@ fn event(n: u32, id: &str, ip: &str, t: i64) -> String {
         }
     })
     .to_string()
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).expect("gzip into memory");
-    e.finish().expect("gzip into memory")
 }
 
 /// A `credwatch run` child, killed on drop.
@@ -163,21 +146,7 @@ impl Run {
             .arg("--checkpoint-dir")
             .arg(dir.join("checkpoints"))
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
-        // Nothing from the test's environment configures the child by accident.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CREDWATCH_") || k.starts_with("AWS_") {
-                cmd.env_remove(&*k);
-            }
-        }
-        cmd.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("CREDWATCH_LOG", "info")
-            .env("CREDWATCH_KINESIS__POLL_INTERVAL_MS", "200")
-            .env("CREDWATCH_CHECKPOINT__INTERVAL_SECS", "1")
-            .env("CREDWATCH_KINESIS__SHARD_DISCOVERY_INTERVAL_SECS", "2");
+        test_env(&mut cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone credwatch log handle"))
@@ -193,12 +162,7 @@ impl Run {
     }
 
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut start = log.len().saturating_sub(12_000);
-        while !log.is_char_boundary(start) {
-            start += 1;
-        }
-        log[start..].to_string()
+        log_tail(&self.log)
     }
 
     fn assert_running(&mut self, while_waiting_for: &str) {

@@ -7,3 +7,4 @@ pub mod kinesis_mock;
 pub mod moto;
 pub mod prometheus;
 pub mod receiver;
+pub mod run;
