@@ -144,3 +144,25 @@ pub fn finding_id(parts: &[&str]) -> String {
     }
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(joined.as_bytes()))
 }
+
+/// A minimal finding for unit tests (only the id varies).
+#[cfg(test)]
+pub(crate) fn test_finding(id: &str) -> Finding {
+    Finding {
+        id: id.into(),
+        rule: "session_token_reuse".into(),
+        severity: Severity::High,
+        title: "t".into(),
+        account_id: None,
+        access_key_id: None,
+        session: None,
+        credential_class: None,
+        principal_arn: None,
+        error_code: None,
+        event_ids: vec![],
+        events: vec![],
+        exceptions_checked: vec![],
+        event_time: "2024-01-01T00:00:00Z".into(),
+        detected_at: "2024-01-01T00:00:00.000Z".into(),
+    }
+}

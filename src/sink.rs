@@ -174,27 +174,7 @@ impl DeadLetterSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::Severity;
-
-    fn finding(id: &str) -> Finding {
-        Finding {
-            id: id.into(),
-            rule: "r".into(),
-            severity: Severity::High,
-            title: "t".into(),
-            account_id: None,
-            access_key_id: None,
-            session: None,
-            credential_class: None,
-            principal_arn: None,
-            error_code: None,
-            event_ids: vec![],
-            events: vec![],
-            exceptions_checked: vec![],
-            event_time: String::new(),
-            detected_at: String::new(),
-        }
-    }
+    use crate::finding::test_finding as finding;
 
     #[test]
     fn findings_written_after_the_checkpoint_are_not_written_again_after_a_restart() {

@@ -393,27 +393,7 @@ impl DeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::Severity;
-
-    fn finding(id: &str) -> Finding {
-        Finding {
-            id: id.into(),
-            rule: "session_token_reuse".into(),
-            severity: Severity::High,
-            title: "t".into(),
-            account_id: None,
-            access_key_id: None,
-            session: None,
-            credential_class: None,
-            principal_arn: None,
-            error_code: None,
-            event_ids: vec![],
-            events: vec![],
-            exceptions_checked: vec![],
-            event_time: "2024-01-01T00:00:00Z".into(),
-            detected_at: "2024-01-01T00:00:00.000Z".into(),
-        }
-    }
+    use crate::finding::test_finding as finding;
 
     #[test]
     fn pending_and_done_survive_reopening() {
