@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Address for /metrics, /livez and /readyz (`metrics.addr`).
     #[arg(long, env = "CREDWATCH_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// This worker's `leaseOwner` name with `[coordination] backend = "dynamodb"`
+    /// (`coordination.worker_id`); default: host name and pid.
+    #[arg(long, env = "CREDWATCH_WORKER_ID")]
+    pub worker_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -213,6 +217,13 @@ fn run_cmd(args: RunArgs) -> i32 {
     }
     if let Some(a) = args.metrics_addr {
         cfg.metrics.addr = a;
+    }
+    if let Some(w) = args.worker_id {
+        cfg.coordination.worker_id = Some(w);
+        if let Err(e) = cfg.validate() {
+            eprintln!("credwatch: config: {e}");
+            return EXIT_ERROR;
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

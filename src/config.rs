@@ -24,6 +24,8 @@ pub struct Config {
     pub input: InputConfig,
     pub kinesis: KinesisConfig,
     pub checkpoint: CheckpointConfig,
+    /// `[coordination]`: one process alone, or several sharing leases and state in DynamoDB.
+    pub coordination: CoordinationConfig,
     pub output: OutputConfig,
     pub metrics: MetricsConfig,
     /// `[[escalation]]`: where findings are delivered.
@@ -212,6 +214,53 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// Where shard positions and session origins live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One process: checkpoints in `checkpoint.dir`, the session store in memory.
+    #[default]
+    Embedded,
+    /// Several processes: KCL-layout leases and the session-origin authority in DynamoDB.
+    Dynamodb,
+}
+
+/// `[coordination]`: how several `credwatch run` processes share one stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinationConfig {
+    pub backend: Backend,
+    /// The lease table (Kinesis Client Library v2 layout), created if missing.
+    pub lease_table: String,
+    /// The session-origin table (first origin per session, finding claims), created if missing.
+    pub state_table: String,
+    /// This process's name in `leaseOwner` (`--worker-id`); default: host name and pid.
+    pub worker_id: Option<String>,
+    /// A lease whose counter has not moved for this long (on this worker's clock) is expired.
+    pub lease_duration_secs: u64,
+    /// The most leases this worker holds (0: no limit).
+    pub max_leases: usize,
+    /// Create the tables when they do not exist (needs dynamodb:CreateTable and UpdateTimeToLive).
+    pub create_tables: bool,
+    /// DynamoDB endpoint, for an emulator; default: `kinesis.endpoint_url`, else AWS's.
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            backend: Backend::Embedded,
+            lease_table: "credwatch-leases".into(),
+            state_table: "credwatch-state".into(),
+            worker_id: None,
+            lease_duration_secs: 10,
+            max_leases: 0,
+            create_tables: true,
+            endpoint_url: None,
+        }
+    }
+}
+
 /// `[output]`: where findings and set-aside records go.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -353,6 +402,35 @@ impl Config {
             ));
         }
         crate::escalation::validate(&self.escalation).map_err(ConfigError)?;
+        let c = &self.coordination;
+        if c.backend == Backend::Dynamodb {
+            for (name, t) in [("lease_table", &c.lease_table), ("state_table", &c.state_table)] {
+                let ok = (3..=255).contains(&t.len())
+                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    return Err(ConfigError(format!(
+                        "coordination.{name}: {t:?} is not a DynamoDB table name (3-255 of a-z, A-Z, 0-9, _ - .)"
+                    )));
+                }
+            }
+            if c.lease_table == c.state_table {
+                return Err(ConfigError(
+                    "coordination.state_table: must differ from coordination.lease_table".into(),
+                ));
+            }
+            if c.lease_duration_secs < 2 {
+                return Err(ConfigError(
+                    "coordination.lease_duration_secs: must be at least 2".into(),
+                ));
+            }
+        }
+        if let Some(w) = &c.worker_id {
+            if w.trim().is_empty() {
+                return Err(ConfigError(
+                    "coordination.worker_id: must not be empty".into(),
+                ));
+            }
+        }
         if self.checkpoint.interval_secs == 0 {
             return Err(ConfigError(
                 "checkpoint.interval_secs: must be above 0".into(),

@@ -8,6 +8,7 @@ pub mod app;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod coord;
 pub mod decode;
 pub mod engine;
 pub mod escalation;

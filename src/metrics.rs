@@ -39,6 +39,12 @@
 //! | `credwatch_escalation_retries_total` | counter | `destination` |
 //! | `credwatch_escalation_spool_depth` | gauge | `destination` |
 //! | `credwatch_escalation_delivery_seconds` | histogram | `destination` |
+//! | `credwatch_dynamodb_calls_total` | counter | `table` (lease, state), `op` (read, write) |
+//! | `credwatch_dynamodb_conditional_failures_total` | counter | |
+//! | `credwatch_dynamodb_errors_total` | counter | |
+//! | `credwatch_lease_events_total` | counter | `event` (taken, stolen, lost, released, finished) |
+//! | `credwatch_shared_store_proposals_total` | counter | `outcome` (ok, error) |
+//! | `credwatch_findings_claimed_elsewhere_total` | counter | |
 //!
 //! plus the standard `process_*` metrics (CPU, resident memory, file descriptors) on Linux.
 //!
@@ -109,6 +115,15 @@ pub struct Metrics {
     pub escalation_retries: IntCounterVec,
     pub escalation_spool_depth: IntGaugeVec,
     pub escalation_latency: HistogramVec,
+    // Coordination (`[coordination] backend = "dynamodb"`).
+    dynamodb_calls: IntCounterVec,
+    dynamodb_conditional_failures: IntCounter,
+    dynamodb_errors: IntCounter,
+    pub lease_events: IntCounterVec,
+    proposals: IntCounterVec,
+    pub claimed_elsewhere: IntCounter,
+    /// The DynamoDB call counts, once coordination is on.
+    pub dynamodb: std::sync::OnceLock<Arc<crate::coord::dynamo::CallCounts>>,
     /// Set by the coordinator: true once shards are assigned, false again while shutting down.
     /// `/readyz` also requires at least one owned shard.
     pub ready: AtomicBool,
@@ -300,6 +315,40 @@ impl Metrics {
                 "credwatch_findings_suppressed_total",
                 "Findings not repeated for an already reported (rule, session, origin)",
             ),
+            dynamodb_calls: counter_vec(
+                &r,
+                "credwatch_dynamodb_calls_total",
+                "DynamoDB calls, by table (lease, state) and op (read, write)",
+                &["table", "op"],
+            ),
+            dynamodb_conditional_failures: counter(
+                &r,
+                "credwatch_dynamodb_conditional_failures_total",
+                "Conditional DynamoDB writes whose condition failed (races lost, as designed)",
+            ),
+            dynamodb_errors: counter(
+                &r,
+                "credwatch_dynamodb_errors_total",
+                "DynamoDB calls that failed (network, throttling, service)",
+            ),
+            lease_events: counter_vec(
+                &r,
+                "credwatch_lease_events_total",
+                "Shard lease changes seen by this worker (taken, stolen, lost, released, finished)",
+                &["event"],
+            ),
+            proposals: counter_vec(
+                &r,
+                "credwatch_shared_store_proposals_total",
+                "First origins proposed to the shared session store, by outcome (ok, error)",
+                &["outcome"],
+            ),
+            claimed_elsewhere: counter(
+                &r,
+                "credwatch_findings_claimed_elsewhere_total",
+                "Findings not written because another worker had already reported them",
+            ),
+            dynamodb: std::sync::OnceLock::new(),
             bad_records: counter_vec(
                 &r,
                 "credwatch_bad_records_total",
@@ -386,6 +435,17 @@ impl Metrics {
             self.findings
                 .with_label_values(&[r.id, r.severity.as_str()]);
         }
+        for t in ["lease", "state"] {
+            for op in ["read", "write"] {
+                self.dynamodb_calls.with_label_values(&[t, op]);
+            }
+        }
+        for e in ["taken", "stolen", "lost", "released", "finished"] {
+            self.lease_events.with_label_values(&[e]);
+        }
+        for o in ["ok", "error"] {
+            self.proposals.with_label_values(&[o]);
+        }
         for o in ["ok", "error"] {
             self.checkpoint_writes.with_label_values(&[o]);
         }
@@ -456,6 +516,28 @@ impl Metrics {
         bump(&self.sessions_expired, s.sessions_expired.load(Relaxed));
         bump(&self.late_events, s.late_events.load(Relaxed));
         bump(&self.suppressed, s.suppressed.load(Relaxed));
+        let calls = s.authority_calls.load(Relaxed);
+        let errors = s.authority_errors.load(Relaxed);
+        bump(&self.proposals.with_label_values(&["error"]), errors);
+        bump(
+            &self.proposals.with_label_values(&["ok"]),
+            calls.saturating_sub(errors),
+        );
+        if let Some(c) = self.dynamodb.get() {
+            for (t, op, v) in [
+                ("lease", "read", &c.lease_reads),
+                ("lease", "write", &c.lease_writes),
+                ("state", "read", &c.state_reads),
+                ("state", "write", &c.state_writes),
+            ] {
+                bump(&self.dynamodb_calls.with_label_values(&[t, op]), v.load(Relaxed));
+            }
+            bump(
+                &self.dynamodb_conditional_failures,
+                c.conditional_failures.load(Relaxed),
+            );
+            bump(&self.dynamodb_errors, c.errors.load(Relaxed));
+        }
         self.watermark.set(engine.watermark());
         self.sessions_tracked.set(engine.tracked_sessions() as i64);
         self.interned_strings
@@ -855,6 +937,12 @@ mod tests {
             "credwatch_escalation_retries_total",
             "credwatch_escalation_spool_depth",
             "credwatch_escalation_delivery_seconds",
+            "credwatch_dynamodb_calls_total",
+            "credwatch_dynamodb_conditional_failures_total",
+            "credwatch_dynamodb_errors_total",
+            "credwatch_lease_events_total",
+            "credwatch_shared_store_proposals_total",
+            "credwatch_findings_claimed_elsewhere_total",
             #[cfg(target_os = "linux")]
             "process_resident_memory_bytes",
         ] {

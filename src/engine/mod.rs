@@ -80,6 +80,20 @@ impl Explanation {
     }
 }
 
+/// The authority on sessions' first origins when several processes share a stream (the
+/// DynamoDB state table). The local store stays the cache: only new sessions and candidate
+/// second origins are proposed.
+pub trait Authority: Send + Sync {
+    /// Proposes `home` as the first origin of `session`; `runtime_wins` for a Lambda runtime
+    /// home, which replaces any other. Returns the authority's answer.
+    fn propose(
+        &self,
+        session: &str,
+        home: &store::HomeEvidence,
+        runtime_wins: bool,
+    ) -> Result<crate::coord::dynamo::Proposed, String>;
+}
+
 /// Counters the engine keeps; the metrics layer reads them.
 #[derive(Default)]
 pub struct EngineStats {
@@ -94,6 +108,9 @@ pub struct EngineStats {
     pub late_events: AtomicU64,
     /// Findings not repeated because the same (rule, session, origin) was already reported.
     pub suppressed: AtomicU64,
+    /// Proposals to the shared store, and those that failed (the local store decided alone).
+    pub authority_calls: AtomicU64,
+    pub authority_errors: AtomicU64,
 }
 
 impl EngineStats {
@@ -130,6 +147,7 @@ pub struct Engine {
     org: HashSet<String>,
     watermark: AtomicI64,
     pub stats: EngineStats,
+    pub(crate) authority: Option<std::sync::Arc<dyn Authority>>,
 }
 
 impl Engine {
@@ -154,7 +172,14 @@ impl Engine {
             instances: InstanceBook::default(),
             watermark: AtomicI64::new(0),
             stats: EngineStats::default(),
+            authority: None,
         }
+    }
+
+    /// Makes `a` the authority on first origins (several processes on one stream).
+    pub fn with_authority(mut self, a: std::sync::Arc<dyn Authority>) -> Engine {
+        self.authority = Some(a);
+        self
     }
 
     pub fn config(&self) -> &Config {

@@ -69,7 +69,7 @@ pub enum HomeTag {
 }
 
 impl HomeTag {
-    fn from_bits(b: u8) -> HomeTag {
+    pub fn from_bits(b: u8) -> HomeTag {
         match b & 7 {
             1 => HomeTag::PublicV4,
             2 => HomeTag::PrivateV4,
@@ -141,6 +141,34 @@ pub fn home_of(origin: &Origin<'_>, ipv6_prefix_len: u8) -> Option<(HomeTag, Hom
         Origin::PrivateIp(IpAddr::V6(a)) => Some((HomeTag::PrivateV6, HomeValue::Text(v6(*a)))),
         Origin::Opaque(s) => Some((HomeTag::Opaque, HomeValue::Text(format!("o:{s}")))),
         _ => None,
+    }
+}
+
+/// The stored value of a portable home (`None` for a Lambda runtime home).
+pub fn value_of(h: &HomeEvidence) -> Option<HomeValue> {
+    match h.tag {
+        HomeTag::PublicV4 | HomeTag::PrivateV4 => h.origin.parse::<Ipv4Addr>().ok().map(HomeValue::V4),
+        HomeTag::Opaque => Some(HomeValue::Text(format!("o:{}", h.origin))),
+        HomeTag::PublicV6 | HomeTag::PrivateV6 => Some(HomeValue::Text(h.origin.clone())),
+        HomeTag::LambdaRuntime => None,
+    }
+}
+
+/// A home in portable form from its parts (what [`SessionStore::evidence`] returns for it).
+pub fn portable(h: &NewHome<'_>) -> HomeEvidence {
+    let origin = match (h.tag, h.value) {
+        (HomeTag::LambdaRuntime, _) | (_, None) => "lambda-runtime".to_string(),
+        (_, Some(HomeValue::V4(a))) => a.to_string(),
+        (_, Some(HomeValue::Text(t))) => t.strip_prefix("o:").unwrap_or(t).to_string(),
+    };
+    HomeEvidence {
+        tag: h.tag,
+        origin,
+        event_id: h.event_id.to_string(),
+        time: h.time,
+        user_agent: h.user_agent.to_string(),
+        class: h.class,
+        expires: h.expires,
     }
 }
 
@@ -430,6 +458,28 @@ impl SessionStore {
         }
     }
 
+    /// A copy of a session, if tracked.
+    pub fn peek(&self, key: Key) -> Option<Session> {
+        self.sessions.get(&key).map(|idx| self.slab.get(*idx))
+    }
+
+    /// Sets a session's home from its portable form (a checkpoint, or the shared store),
+    /// replacing what was tracked.
+    pub fn seed(&self, key: Key, h: &HomeEvidence) {
+        let value = value_of(h);
+        let s = self.make_session(&NewHome {
+            tag: h.tag,
+            value: value.as_ref(),
+            event_id: &h.event_id,
+            time: h.time,
+            expires: h.expires,
+            user_agent: &h.user_agent,
+            class: h.class,
+        });
+        // An entry already present is replaced (and its strings released) by `update`.
+        self.update(key, |_| (Update::Replace(s), ()));
+    }
+
     /// Records an explained origin for a session (bounded).
     pub fn add_explained(&self, key: Key, origin: String, reason: String, expires: i64) {
         let mut e = self.extras.entry(key).or_default();
@@ -538,25 +588,7 @@ impl SessionStore {
     /// Loads a snapshot (entries already present are kept).
     pub fn restore(&self, snap: &StoreSnapshot) {
         for (k, h) in &snap.sessions {
-            let value = match h.tag {
-                HomeTag::PublicV4 | HomeTag::PrivateV4 => {
-                    h.origin.parse::<Ipv4Addr>().ok().map(HomeValue::V4)
-                }
-                HomeTag::Opaque => Some(HomeValue::Text(format!("o:{}", h.origin))),
-                HomeTag::PublicV6 | HomeTag::PrivateV6 => Some(HomeValue::Text(h.origin.clone())),
-                HomeTag::LambdaRuntime => None,
-            };
-            let s = self.make_session(&NewHome {
-                tag: h.tag,
-                value: value.as_ref(),
-                event_id: &h.event_id,
-                time: h.time,
-                expires: h.expires,
-                user_agent: &h.user_agent,
-                class: h.class,
-            });
-            // An entry already present is replaced (and its strings released) by `update`.
-            self.update(k.to_le_bytes(), |_| (Update::Replace(s), ()));
+            self.seed(k.to_le_bytes(), h);
         }
         for (k, e) in &snap.extras {
             self.extras.insert(k.to_le_bytes(), e.clone());

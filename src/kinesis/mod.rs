@@ -8,6 +8,7 @@
 //! checkpoint never covers a record whose findings are not yet written, and never misses one.
 //! API: <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_GetRecords.html>
 
+mod leased;
 pub mod sequence;
 mod shard;
 
@@ -22,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, ShardCheckpoint};
-use crate::config::{Config, KinesisConfig, StartPosition};
+use crate::config::{Backend, Config, KinesisConfig, StartPosition};
 use crate::decode::Limits;
 use crate::engine::Engine;
 use crate::escalation::Escalator;
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub client: Client,
     pub stream: String,
     pub kinesis: KinesisConfig,
+    /// Several workers on one stream (`[coordination] backend = "dynamodb"`).
+    pub coordination: Option<Arc<leased::Coordination>>,
 }
 
 /// Where a shard task starts.
@@ -118,27 +121,46 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("kinesis.stream (or --stream) is required for `run`")?;
     let store = CheckpointStore::new(&cfg.checkpoint.dir)
         .with_context(|| format!("checkpoint.dir {}", cfg.checkpoint.dir.display()))?;
-    let previous = store.load()?;
-    let engine = Arc::new(Engine::new(&cfg));
-    let mut positions = BTreeMap::new();
-    let mut findings_offset = 0;
-    if let Some(cp) = &previous {
-        if cp.stream != stream {
-            anyhow::bail!(
-                "checkpoint.dir {} holds a checkpoint of stream {:?}, not {stream:?}",
-                cfg.checkpoint.dir.display(),
-                cp.stream
+    let sdk = sdk_config(
+        cfg.kinesis.region.as_deref(),
+        cfg.kinesis.endpoint_url.as_deref(),
+    )
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let shared_backend = cfg.coordination.backend == Backend::Dynamodb;
+    let (engine, coordination, positions, findings_offset) = if shared_backend {
+        // Positions live in the lease items and sessions in the state table: no local
+        // checkpoint is read. The findings file is read back whole, for its ids.
+        let calls = Arc::new(crate::coord::dynamo::CallCounts::default());
+        let _ = metrics.dynamodb.set(calls.clone());
+        let c = Arc::new(leased::Coordination::open(&cfg.coordination, &sdk, calls).await?);
+        let authority = Arc::new(crate::coord::SharedState::new(c.state.clone())?);
+        let engine = Arc::new(Engine::new(&cfg).with_authority(authority));
+        (engine, Some(c), BTreeMap::new(), 0)
+    } else {
+        let previous = store.load()?;
+        let engine = Arc::new(Engine::new(&cfg));
+        let mut positions = BTreeMap::new();
+        let mut findings_offset = 0;
+        if let Some(cp) = &previous {
+            if cp.stream != stream {
+                anyhow::bail!(
+                    "checkpoint.dir {} holds a checkpoint of stream {:?}, not {stream:?}",
+                    cfg.checkpoint.dir.display(),
+                    cp.stream
+                );
+            }
+            engine.restore(&cp.engine);
+            positions = cp.shards.clone();
+            findings_offset = cp.findings_offset;
+            tracing::info!(
+                shards = positions.len(),
+                sessions = engine.tracked_sessions(),
+                "resuming from checkpoint"
             );
         }
-        engine.restore(&cp.engine);
-        positions = cp.shards.clone();
-        findings_offset = cp.findings_offset;
-        tracing::info!(
-            shards = positions.len(),
-            sessions = engine.tracked_sessions(),
-            "resuming from checkpoint"
-        );
-    }
+        (engine, None, positions, findings_offset)
+    };
     let findings = match &cfg.output.findings_file {
         Some(p) => FindingsSink::open(p, findings_offset)
             .with_context(|| format!("output.findings_file {}", p.display()))?,
@@ -146,12 +168,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let dead_letters = DeadLetterSink::open(cfg.output.dead_letter_file.as_deref())
         .with_context(|| format!("output.dead_letter_file {:?}", cfg.output.dead_letter_file))?;
-    let sdk = sdk_config(
-        cfg.kinesis.region.as_deref(),
-        cfg.kinesis.endpoint_url.as_deref(),
-    )
-    .await;
-    let metrics = Arc::new(Metrics::new());
     metrics.init_labels();
     let shutdown = CancellationToken::new();
     let spool = cfg.checkpoint.dir.join("escalation-spool");
@@ -170,6 +186,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         client: Client::new(&sdk),
         stream: stream.clone(),
         kinesis: cfg.kinesis.clone(),
+        coordination: coordination.clone(),
     });
 
     // The health server outlives `shutdown`: /readyz answers 503 while the shard tasks drain
@@ -187,12 +204,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(store);
     let checkpointer = {
         let (shared, store) = (shared.clone(), store.clone());
+        let local = coordination.is_none();
         let every = Duration::from_secs(cfg.checkpoint.interval_secs);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {
+                    _ = tokio::time::sleep(every), if local => {
                         if let Err(e) = checkpoint(&shared, &store).await {
                             tracing::error!(error = %e, "checkpoint failed");
                         }
@@ -216,12 +234,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
-    let result = coordinate(shared.clone()).await;
+    let result = match &coordination {
+        None => coordinate(shared.clone()).await,
+        Some(c) => leased::coordinate(shared.clone(), c.clone()).await,
+    };
     shutdown.cancel();
     metrics.ready.store(false, Relaxed);
     let _ = checkpointer.await;
     let _ = sweeper.await;
-    let final_cp = checkpoint(&shared, &store).await;
+    let final_cp = match coordination {
+        None => checkpoint(&shared, &store).await,
+        // The lease items got their final checkpoints as the leases were released.
+        Some(_) => Ok(()),
+    };
     let _ = delivery.await;
     http_stop.cancel();
     let _ = http.await;
@@ -436,7 +461,8 @@ fn start_eligible(
         running.insert(id.clone());
         let (shared, id) = (shared.clone(), id.clone());
         tasks.spawn(async move {
-            let res = shard::read_shard(shared, id.clone(), start).await;
+            let stop = shared.shutdown.child_token();
+            let res = shard::read_shard(shared, id.clone(), start, stop).await;
             (id, res)
         });
     }

@@ -10,6 +10,7 @@ use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 use super::sequence::SequenceNumber;
 use super::{ShardExit, Shared, Start};
@@ -39,10 +40,10 @@ impl Backoff {
     }
 }
 
-/// Sleeps unless shutdown comes first; returns false on shutdown.
-async fn pause(shared: &Shared, d: Duration) -> bool {
+/// Sleeps unless told to stop first; returns false on stop.
+async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
-        _ = shared.shutdown.cancelled() => false,
+        _ = stop.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
     }
 }
@@ -70,12 +71,14 @@ async fn get_iterator(
     Ok(req.send().await?.shard_iterator().map(str::to_string))
 }
 
-/// Reads one shard until SHARD_END or shutdown. An error return is fatal (findings could not
-/// be written): the coordinator stops without checkpointing past it.
+/// Reads one shard until SHARD_END or `stop` (shutdown, or the shard's lease lost). An error
+/// return is fatal (findings could not be written): the coordinator stops without
+/// checkpointing past it.
 pub(crate) async fn read_shard(
     shared: Arc<Shared>,
     shard_id: String,
     mut start: Start,
+    stop: CancellationToken,
 ) -> anyhow::Result<ShardExit> {
     let m = &shared.metrics;
     let mut backoff = Backoff { attempt: 0 };
@@ -84,7 +87,7 @@ pub(crate) async fn read_shard(
     let poll = Duration::from_millis(shared.kinesis.poll_interval_ms);
     m.init_shard(&shard_id);
     loop {
-        if shared.shutdown.is_cancelled() {
+        if stop.is_cancelled() {
             return Ok(ShardExit::Shutdown);
         }
         let it = match iterator.take() {
@@ -110,7 +113,7 @@ pub(crate) async fn read_shard(
                         .with_label_values(&[&shard_id, kind])
                         .inc();
                     tracing::warn!(shard = %shard_id, error = %DisplayErrorContext(&e), "GetShardIterator failed; backing off");
-                    if !pause(&shared, backoff.next_delay()).await {
+                    if !pause(&stop, backoff.next_delay()).await {
                         return Ok(ShardExit::Shutdown);
                     }
                     continue;
@@ -124,7 +127,7 @@ pub(crate) async fn read_shard(
             .limit(shared.kinesis.max_records_per_call)
             .send();
         let resp = tokio::select! {
-            _ = shared.shutdown.cancelled() => return Ok(ShardExit::Shutdown),
+            _ = stop.cancelled() => return Ok(ShardExit::Shutdown),
             r = call => r,
         };
         let resp = match resp {
@@ -159,7 +162,7 @@ pub(crate) async fn read_shard(
                     .inc();
                 if kind != "expired_iterator" {
                     tracing::warn!(shard = %shard_id, error = %DisplayErrorContext(&e), "GetRecords failed; backing off");
-                    if !pause(&shared, backoff.next_delay()).await {
+                    if !pause(&stop, backoff.next_delay()).await {
                         return Ok(ShardExit::Shutdown);
                     }
                 }
@@ -190,7 +193,7 @@ pub(crate) async fn read_shard(
         } else {
             poll
         };
-        if !pause(&shared, wait).await {
+        if !pause(&stop, wait).await {
             return Ok(ShardExit::Shutdown);
         }
     }
@@ -268,6 +271,23 @@ async fn process_batch(
             m.bad_records.with_label_values(&[b.kind.as_str()]).inc();
             dl.write(&b, shard_id, &seq, None)?;
         }
+    }
+    if let Some(c) = &shared.coordination {
+        // Several workers: report only what no other worker has (a session's two origins on
+        // two workers, or records read again after a lease changed hands).
+        let mut kept = Vec::with_capacity(found.len());
+        for (f, arrival) in found {
+            match c.claim(&f.id).await {
+                Ok(true) => kept.push((f, arrival)),
+                Ok(false) => m.claimed_elsewhere.inc(),
+                // Better twice than never: an unreachable table does not silence a finding.
+                Err(e) => {
+                    tracing::warn!(id = %f.id, error = %e, "could not claim a finding; reporting it anyway");
+                    kept.push((f, arrival));
+                }
+            }
+        }
+        found = kept;
     }
     if !found.is_empty() {
         let findings: Vec<Finding> = found.iter().map(|(f, _)| f.clone()).collect();

@@ -13,7 +13,8 @@ use std::net::IpAddr;
 use crate::engine::credential::{Credential, CredentialClass};
 use crate::engine::origin::{Origin, OriginClass};
 use crate::engine::store::{
-    home_of, key_of, key_of_parts, HomeEvidence, HomeTag, NewHome, Session, Update,
+    home_of, key_of, key_of_parts, portable, HomeEvidence, HomeTag, HomeValue, NewHome, Session,
+    Update,
 };
 use crate::engine::{Engine, Explanation, Position};
 use crate::event::{format_time, parse_time, CloudTrailEvent};
@@ -118,6 +119,7 @@ pub(crate) fn check(
 
     if cred.lambda_runtime {
         e.stats.explained(Explanation::LambdaRuntime);
+        consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
         let outcome = e.store.update(key, |cur| match cur {
             Some(s) if s.tag() == HomeTag::LambdaRuntime || (s.expires as i64) < t => {
                 if (s.expires as i64) < t {
@@ -192,6 +194,7 @@ pub(crate) fn check(
         }
     }
 
+    consult(e, key, cred, ev, tag, Some(&value), t, expires);
     let reset = cred
         .instance_id
         .as_deref()
@@ -253,6 +256,80 @@ pub(crate) fn check(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     report(e, ev, cred, origin, t, pos, outcome, sev, out);
+}
+
+/// With a shared store: when this event would start a session or give it a second origin,
+/// proposes it as the first origin and seeds the local cache with what the authority holds, so
+/// that the local decision below is the same on every worker. A session's first origin is the
+/// earliest event's, whichever worker saw it; an unreachable authority leaves the local store
+/// to decide alone (counted).
+#[allow(clippy::too_many_arguments)]
+fn consult(
+    e: &Engine,
+    key: crate::engine::store::Key,
+    cred: &Credential<'_>,
+    ev: &CloudTrailEvent<'_>,
+    tag: HomeTag,
+    value: Option<&HomeValue>,
+    t: i64,
+    expires: i64,
+) {
+    let Some(auth) = e.authority.as_deref() else {
+        return;
+    };
+    let runtime = tag == HomeTag::LambdaRuntime;
+    let local = e.store.peek(key);
+    let is_home = |s: &Session| match value {
+        None => s.tag() == HomeTag::LambdaRuntime,
+        Some(v) => e.store.same_home(s, tag, v),
+    };
+    if local.is_some_and(|s| s.expires as i64 >= t && is_home(&s)) {
+        return;
+    }
+    let proposal = portable(&NewHome {
+        tag,
+        value,
+        event_id: ev.event_id(),
+        time: t,
+        expires,
+        user_agent: ev.user_agent(),
+        class: cred.class as u8,
+    });
+    e.stats
+        .authority_calls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let answer = match auth.propose(&cred.session_key, &proposal, runtime) {
+        Ok(a) => a,
+        Err(err) => {
+            e.stats
+                .authority_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %err, "shared session store unreachable; deciding locally");
+            return;
+        }
+    };
+    // The home the local cache should hold before the local decision, if it should change.
+    let seed = if answer.won {
+        // This event is the earliest: what it replaced (if another origin) is the pair.
+        answer
+            .previous
+            .filter(|p| p.expires >= t && crate::engine::store::value_of(p).as_ref() != value)
+    } else {
+        Some(answer.current).filter(|c| c.expires >= t)
+    };
+    if let Some(h) = seed {
+        let replace = match local {
+            None => true,
+            Some(s) => {
+                (s.expires as i64) < t
+                    || h.time < s.first_time as i64
+                    || (h.tag == HomeTag::LambdaRuntime && s.tag() != HomeTag::LambdaRuntime)
+            }
+        };
+        if replace {
+            e.store.seed(key, &h);
+        }
+    }
 }
 
 fn new_home(

@@ -1,0 +1,530 @@
+//! The thin DynamoDB layer: the lease table (KCL v2 attribute names) and the state table
+//! (first origin per session, claims of findings). Every decision is made in [`super::lease`]
+//! or by the engine; this file only turns them into conditional writes and reads.
+//! API: <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateItem.html>
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
+    TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::lease::{Lease, Renewal};
+use crate::engine::store::{HomeEvidence, HomeTag};
+
+type Item = HashMap<String, AttributeValue>;
+
+const LEASE_KEY: &str = "leaseKey";
+const STATE_KEY: &str = "pk";
+/// The state table's TTL attribute (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "ttl";
+/// Items outlive the session they describe by this much before DynamoDB may delete them.
+const TTL_SLACK_SECS: i64 = 3600;
+
+/// Calls made, by table and operation, for the metrics (and the calls-per-event benchmark).
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    pub lease_reads: AtomicU64,
+    pub lease_writes: AtomicU64,
+    pub state_reads: AtomicU64,
+    pub state_writes: AtomicU64,
+    /// Conditional writes whose condition failed (lost races: expected, not errors).
+    pub conditional_failures: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
+    DisplayErrorContext(e).to_string()
+}
+
+fn is_conditional_failure<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_string())
+}
+
+fn n(v: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+    item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn get_n(item: &Item, k: &str) -> Option<i64> {
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|t| t.parse().ok())
+}
+
+/// Creates a table keyed by one string attribute if it does not exist, and waits until it is
+/// active. Without `create`, a missing table is an error naming the option.
+async fn ensure_table(
+    client: &Client,
+    table: &str,
+    key: &str,
+    create: bool,
+    option: &str,
+) -> anyhow::Result<bool> {
+    match client.describe_table().table_name(table).send().await {
+        Ok(_) => return Ok(false),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {}
+        Err(e) => anyhow::bail!("{option} {table}: DescribeTable: {}", describe(&e)),
+    }
+    if !create {
+        anyhow::bail!(
+            "{option} {table}: the table does not exist (and coordination.create_tables is false)"
+        );
+    }
+    let res = client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    match res {
+        Ok(_) => {}
+        // Another worker created it first.
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+        Err(e) => anyhow::bail!("{option} {table}: CreateTable: {}", describe(&e)),
+    }
+    for _ in 0..120 {
+        let d = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{option} {table}: DescribeTable: {}", describe(&e)))?;
+        if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            tracing::info!(table, "created table");
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("{option} {table}: not ACTIVE after a minute")
+}
+
+/// The lease table.
+pub struct LeaseTable {
+    client: Client,
+    table: String,
+    pub calls: std::sync::Arc<CallCounts>,
+}
+
+fn lease_from(item: &Item) -> Option<Lease> {
+    Some(Lease {
+        key: get_s(item, LEASE_KEY)?.to_string(),
+        owner: get_s(item, "leaseOwner").map(str::to_string),
+        counter: get_n(item, "leaseCounter").unwrap_or(0) as u64,
+        checkpoint: get_s(item, "checkpoint").unwrap_or("TRIM_HORIZON").to_string(),
+        sub_sequence: get_n(item, "checkpointSubSequenceNumber").unwrap_or(0) as u64,
+        owner_switches: get_n(item, "ownerSwitchesSinceCheckpoint").unwrap_or(0) as u64,
+        parents: item
+            .get("parentShardIds")
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+impl LeaseTable {
+    pub async fn open(
+        client: Client,
+        table: &str,
+        create: bool,
+        calls: std::sync::Arc<CallCounts>,
+    ) -> anyhow::Result<LeaseTable> {
+        ensure_table(&client, table, LEASE_KEY, create, "coordination.lease_table").await?;
+        Ok(LeaseTable {
+            client,
+            table: table.to_string(),
+            calls,
+        })
+    }
+
+    /// Every lease, with a strongly consistent scan.
+    pub async fn scan(&self) -> anyhow::Result<Vec<Lease>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            self.calls.lease_reads.fetch_add(1, Relaxed);
+            let resp = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    self.calls.errors.fetch_add(1, Relaxed);
+                    anyhow::anyhow!("scanning {}: {}", self.table, describe(&e))
+                })?;
+            out.extend(resp.items().iter().filter_map(lease_from));
+            match resp.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Creates a lease unless one exists for the shard. Returns whether it was created.
+    pub async fn create(&self, l: &Lease) -> anyhow::Result<bool> {
+        let mut item: Item = HashMap::from([
+            (LEASE_KEY.to_string(), s(&l.key)),
+            ("leaseCounter".to_string(), n(l.counter)),
+            ("checkpoint".to_string(), s(&l.checkpoint)),
+            ("checkpointSubSequenceNumber".to_string(), n(l.sub_sequence)),
+            ("ownerSwitchesSinceCheckpoint".to_string(), n(l.owner_switches)),
+        ]);
+        if !l.parents.is_empty() {
+            item.insert(
+                "parentShardIds".to_string(),
+                AttributeValue::Ss(l.parents.clone()),
+            );
+        }
+        self.calls.lease_writes.fetch_add(1, Relaxed);
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(leaseKey)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => {
+                self.calls.conditional_failures.fetch_add(1, Relaxed);
+                Ok(false)
+            }
+            Err(e) => {
+                self.calls.errors.fetch_add(1, Relaxed);
+                Err(anyhow::anyhow!(
+                    "creating lease {} in {}: {}",
+                    l.key,
+                    self.table,
+                    describe(&e)
+                ))
+            }
+        }
+    }
+
+    /// One conditional UpdateItem on `leaseCounter` (and the owner, for renewals and
+    /// checkpoints); `Renewal::Lost` when the condition fails.
+    async fn update(
+        &self,
+        key: &str,
+        expression: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Renewal {
+        self.calls.lease_writes.fetch_add(1, Relaxed);
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(LEASE_KEY, s(key))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .return_values(ReturnValue::UpdatedNew);
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        match req.send().await {
+            Ok(out) => {
+                let counter = out
+                    .attributes()
+                    .and_then(|a| get_n(a, "leaseCounter"))
+                    .unwrap_or(0) as u64;
+                Renewal::Renewed(counter)
+            }
+            Err(e) if is_conditional_failure(&e) => {
+                self.calls.conditional_failures.fetch_add(1, Relaxed);
+                Renewal::Lost
+            }
+            Err(e) => {
+                self.calls.errors.fetch_add(1, Relaxed);
+                tracing::warn!(lease = key, error = %describe(&e), "lease write failed");
+                Renewal::Failed
+            }
+        }
+    }
+
+    /// Takes a lease read with counter `counter` (unowned, expired, or stolen).
+    pub async fn take(&self, key: &str, counter: u64, me: &str, from: Option<&str>) -> Renewal {
+        let switch = if from == Some(me) { 0 } else { 1 };
+        self.update(
+            key,
+            "SET leaseOwner = :me, leaseCounter = :next, ownerSwitchesSinceCheckpoint = if_not_exists(ownerSwitchesSinceCheckpoint, :zero) + :switch",
+            "leaseCounter = :c",
+            vec![
+                (":me", s(me)),
+                (":c", n(counter)),
+                (":next", n(counter + 1)),
+                (":zero", n(0)),
+                (":switch", n(switch)),
+            ],
+        )
+        .await
+    }
+
+    /// Renews a held lease.
+    pub async fn renew(&self, key: &str, counter: u64, me: &str) -> Renewal {
+        self.update(
+            key,
+            "SET leaseCounter = :next",
+            "leaseCounter = :c AND leaseOwner = :me",
+            vec![(":me", s(me)), (":c", n(counter)), (":next", n(counter + 1))],
+        )
+        .await
+    }
+
+    /// Writes a checkpoint into a held lease (which renews it too).
+    pub async fn checkpoint(&self, key: &str, counter: u64, me: &str, checkpoint: &str) -> Renewal {
+        self.update(
+            key,
+            "SET leaseCounter = :next, checkpoint = :cp, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero",
+            "leaseCounter = :c AND leaseOwner = :me",
+            vec![
+                (":me", s(me)),
+                (":c", n(counter)),
+                (":next", n(counter + 1)),
+                (":cp", s(checkpoint)),
+                (":zero", n(0)),
+            ],
+        )
+        .await
+    }
+
+    /// Gives a held lease up (at shutdown) so another worker can take it at once.
+    pub async fn release(&self, key: &str, counter: u64, me: &str) -> Renewal {
+        self.update(
+            key,
+            "REMOVE leaseOwner SET leaseCounter = :next",
+            "leaseCounter = :c AND leaseOwner = :me",
+            vec![(":me", s(me)), (":c", n(counter)), (":next", n(counter + 1))],
+        )
+        .await
+    }
+}
+
+/// What the state table answered to a proposed first origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposed {
+    /// The proposal is now the session's first origin.
+    pub won: bool,
+    /// The session's first origin after the call.
+    pub current: HomeEvidence,
+    /// What the proposal replaced (it won), if anything.
+    pub previous: Option<HomeEvidence>,
+}
+
+/// The state table: the authority on each session's first origin, and on which worker reports
+/// a finding.
+pub struct StateTable {
+    client: Client,
+    table: String,
+    pub calls: std::sync::Arc<CallCounts>,
+}
+
+fn home_item(session: &str, h: &HomeEvidence) -> Item {
+    HashMap::from([
+        (STATE_KEY.to_string(), s(&format!("s#{session}"))),
+        ("homeTag".to_string(), n(h.tag as u8)),
+        ("home".to_string(), s(&h.origin)),
+        ("eventId".to_string(), s(&h.event_id)),
+        ("firstTime".to_string(), n(h.time)),
+        ("expiresAt".to_string(), n(h.expires)),
+        ("userAgent".to_string(), s(&h.user_agent)),
+        ("credentialClass".to_string(), n(h.class)),
+        (TTL_ATTRIBUTE.to_string(), n(h.expires + TTL_SLACK_SECS)),
+    ])
+}
+
+fn home_from(item: &Item) -> Option<HomeEvidence> {
+    Some(HomeEvidence {
+        tag: HomeTag::from_bits(get_n(item, "homeTag")? as u8),
+        origin: get_s(item, "home")?.to_string(),
+        event_id: get_s(item, "eventId").unwrap_or_default().to_string(),
+        time: get_n(item, "firstTime")?,
+        user_agent: get_s(item, "userAgent").unwrap_or_default().to_string(),
+        class: get_n(item, "credentialClass").unwrap_or(0) as u8,
+        expires: get_n(item, "expiresAt")?,
+    })
+}
+
+impl StateTable {
+    pub async fn open(
+        client: Client,
+        table: &str,
+        create: bool,
+        calls: std::sync::Arc<CallCounts>,
+    ) -> anyhow::Result<StateTable> {
+        let created =
+            ensure_table(&client, table, STATE_KEY, create, "coordination.state_table").await?;
+        if created {
+            let res = client
+                .update_time_to_live()
+                .table_name(table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .enabled(true)
+                        .attribute_name(TTL_ATTRIBUTE)
+                        .build()?,
+                )
+                .send()
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(table, error = %describe(&e), "could not enable TTL on the state table; expired sessions will stay");
+            }
+        }
+        Ok(StateTable {
+            client,
+            table: table.to_string(),
+            calls,
+        })
+    }
+
+    /// Proposes `home` as the first origin of `session`: one conditional PutItem that succeeds
+    /// when the session is unknown, expired, or known from a later event (or, for a Lambda
+    /// runtime home, known from anywhere but the runtime). Whatever the outcome, the answer is
+    /// the session's first origin as the table now holds it.
+    pub async fn propose(
+        &self,
+        session: &str,
+        home: &HomeEvidence,
+        runtime_wins: bool,
+    ) -> anyhow::Result<Proposed> {
+        let mut condition =
+            "attribute_not_exists(pk) OR expiresAt < :t OR firstTime > :t".to_string();
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(home_item(session, home)))
+            .expression_attribute_values(":t", n(home.time))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if runtime_wins {
+            condition.push_str(" OR homeTag <> :runtime");
+            req = req.expression_attribute_values(":runtime", n(HomeTag::LambdaRuntime as u8));
+        }
+        self.calls.state_writes.fetch_add(1, Relaxed);
+        match req.condition_expression(condition).send().await {
+            Ok(out) => Ok(Proposed {
+                won: true,
+                current: home.clone(),
+                previous: out.attributes().and_then(home_from),
+            }),
+            Err(e) if is_conditional_failure(&e) => {
+                self.calls.conditional_failures.fetch_add(1, Relaxed);
+                let returned = match e.as_service_error() {
+                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                        c.item().and_then(home_from)
+                    }
+                    _ => None,
+                };
+                let current = match returned {
+                    Some(h) => h,
+                    // Not every implementation returns the item with the failure: read it.
+                    None => self.get_home(session).await?.ok_or_else(|| {
+                        anyhow::anyhow!("session {session}: condition failed but no item")
+                    })?,
+                };
+                Ok(Proposed {
+                    won: false,
+                    current,
+                    previous: None,
+                })
+            }
+            Err(e) => {
+                self.calls.errors.fetch_add(1, Relaxed);
+                Err(anyhow::anyhow!(
+                    "proposing a first origin in {}: {}",
+                    self.table,
+                    describe(&e)
+                ))
+            }
+        }
+    }
+
+    /// A session's first origin, read strongly consistently.
+    pub async fn get_home(&self, session: &str) -> anyhow::Result<Option<HomeEvidence>> {
+        self.calls.state_reads.fetch_add(1, Relaxed);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(STATE_KEY, s(&format!("s#{session}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| {
+                self.calls.errors.fetch_add(1, Relaxed);
+                anyhow::anyhow!("reading {}: {}", self.table, describe(&e))
+            })?;
+        Ok(out.item().and_then(home_from))
+    }
+
+    /// Claims the right to report finding `id`: true for exactly one caller, ever (until the
+    /// item's TTL, after the session it is about has expired).
+    pub async fn claim(&self, id: &str, worker: &str, expires: i64) -> anyhow::Result<bool> {
+        self.calls.state_writes.fetch_add(1, Relaxed);
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(STATE_KEY, s(&format!("f#{id}")))
+            .item("worker", s(worker))
+            .item(
+                "claimedAt",
+                s(&chrono::Utc::now()
+                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    .to_string()),
+            )
+            .item(TTL_ATTRIBUTE, n(expires + TTL_SLACK_SECS))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => {
+                self.calls.conditional_failures.fetch_add(1, Relaxed);
+                Ok(false)
+            }
+            Err(e) => {
+                self.calls.errors.fetch_add(1, Relaxed);
+                Err(anyhow::anyhow!(
+                    "claiming finding {id} in {}: {}",
+                    self.table,
+                    describe(&e)
+                ))
+            }
+        }
+    }
+}

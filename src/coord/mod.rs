@@ -1,0 +1,47 @@
+//! Several `credwatch run` processes on one stream: shard leases in the Kinesis Client Library's
+//! table layout ([`lease`], [`dynamo`]), and a two-level session store where the local map is a
+//! cache and a DynamoDB table is the authority on each session's first origin ([`SharedState`]).
+
+pub mod dynamo;
+pub mod lease;
+
+use std::sync::Arc;
+
+use crate::engine::store::HomeEvidence;
+use crate::engine::Authority;
+
+use self::dynamo::{Proposed, StateTable};
+
+/// The engine's view of the state table. The engine is synchronous (it runs inside the decode
+/// loop, under no lock); a call parks this runtime thread with `block_in_place` while other
+/// tasks move to the remaining threads. Only new sessions and candidate second origins call.
+pub struct SharedState {
+    pub table: Arc<StateTable>,
+    handle: tokio::runtime::Handle,
+}
+
+impl SharedState {
+    /// Needs a multi-threaded runtime (the `run` command's).
+    pub fn new(table: Arc<StateTable>) -> anyhow::Result<SharedState> {
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            anyhow::bail!("the shared session store needs a multi-threaded runtime");
+        }
+        Ok(SharedState { table, handle })
+    }
+}
+
+impl Authority for SharedState {
+    fn propose(
+        &self,
+        session: &str,
+        home: &HomeEvidence,
+        runtime_wins: bool,
+    ) -> Result<Proposed, String> {
+        tokio::task::block_in_place(|| {
+            self.handle
+                .block_on(self.table.propose(session, home, runtime_wins))
+        })
+        .map_err(|e| format!("{e:#}"))
+    }
+}
