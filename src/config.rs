@@ -404,9 +404,13 @@ impl Config {
         crate::escalation::validate(&self.escalation).map_err(ConfigError)?;
         let c = &self.coordination;
         if c.backend == Backend::Dynamodb {
-            for (name, t) in [("lease_table", &c.lease_table), ("state_table", &c.state_table)] {
+            for (name, t) in [
+                ("lease_table", &c.lease_table),
+                ("state_table", &c.state_table),
+            ] {
                 let ok = (3..=255).contains(&t.len())
-                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
                 if !ok {
                     return Err(ConfigError(format!(
                         "coordination.{name}: {t:?} is not a DynamoDB table name (3-255 of a-z, A-Z, 0-9, _ - .)"

@@ -116,6 +116,27 @@ pub struct Finding {
     pub event_time: String,
     /// Wall-clock time the finding was made (RFC 3339, with milliseconds).
     pub detected_at: String,
+    /// What makes two findings the same report, for workers that share a stream (not written).
+    #[serde(skip)]
+    pub claim: Option<Claim>,
+}
+
+/// A finding's identity for deduplication across workers: the same `key` is reported once
+/// until `until` (event time, epoch seconds); findings without one are claimed by their `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub key: String,
+    pub until: i64,
+}
+
+impl Finding {
+    /// The claim this finding is deduplicated by.
+    pub fn claim_key(&self) -> (String, i64) {
+        match &self.claim {
+            Some(c) => (format!("d#{}", c.key), c.until),
+            None => (format!("f#{}", self.id), i64::MAX),
+        }
+    }
 }
 
 impl Finding {
@@ -164,5 +185,6 @@ pub(crate) fn test_finding(id: &str) -> Finding {
         exceptions_checked: vec![],
         event_time: "2024-01-01T00:00:00Z".into(),
         detected_at: "2024-01-01T00:00:00.000Z".into(),
+        claim: None,
     }
 }

@@ -530,7 +530,10 @@ impl Metrics {
                 ("state", "read", &c.state_reads),
                 ("state", "write", &c.state_writes),
             ] {
-                bump(&self.dynamodb_calls.with_label_values(&[t, op]), v.load(Relaxed));
+                bump(
+                    &self.dynamodb_calls.with_label_values(&[t, op]),
+                    v.load(Relaxed),
+                );
             }
             bump(
                 &self.dynamodb_conditional_failures,

@@ -705,6 +705,59 @@ mod properties {
         findings.iter().filter_map(|f| f.session.clone()).collect()
     }
 
+    /// Events dealt to `workers` engines sharing one authority (in `order`), with findings
+    /// deduplicated by id as the state table's claims do.
+    fn run_workers(events: &[Ev], deal: &[usize], workers: usize) -> Vec<Finding> {
+        let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
+        let engines: Vec<Engine> = (0..workers)
+            .map(|_| Engine::new(&Config::default()).with_authority(auth.clone()))
+            .collect();
+        // The state table's claims: a key is reported once until its `until`.
+        let mut claims: std::collections::HashMap<String, i64> = Default::default();
+        let mut out = Vec::new();
+        for (i, (e, w)) in events.iter().zip(deal).enumerate() {
+            let found = engines[*w % workers]
+                .process_json(
+                    &e.text(),
+                    Position {
+                        prefix: "test",
+                        index: i,
+                    },
+                )
+                .expect("event parses");
+            for f in found {
+                let (key, until) = f.claim_key();
+                let t = credwatch::event::parse_time(&f.event_time).unwrap();
+                if claims.get(&key).is_none_or(|u| *u < t) {
+                    claims.insert(key, until);
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+
+    fn claims(findings: &[Finding]) -> Vec<String> {
+        let mut k: Vec<String> = findings.iter().map(|f| f.claim_key().0).collect();
+        k.sort();
+        k
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn three_workers_with_a_shared_store_report_what_one_engine_reports(
+            spec in prop::collection::vec((0usize..6, 0usize..8, 0i64..3600, any::<bool>(), 0usize..3), 1..24),
+        ) {
+            let events: Vec<Ev> = spec.iter().map(|(k, o, dt, l, _)| event(*k, *o, *dt, *l && *k >= 3)).collect();
+            let deal: Vec<usize> = spec.iter().map(|x| x.4).collect();
+            let one = run(&events);
+            let many = run_workers(&events, &deal, 3);
+            prop_assert_eq!(sessions(&one), sessions(&many));
+            prop_assert_eq!(claims(&one), claims(&many));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
@@ -723,4 +776,63 @@ mod properties {
             prop_assert_eq!(sessions(&run(&events)), sessions(&run(&shuffled)));
         }
     }
+}
+
+#[test]
+fn two_workers_sharing_a_store_report_a_session_split_between_them_once() {
+    let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
+    let a = Engine::new(&Config::default()).with_authority(auth.clone());
+    let b = Engine::new(&Config::default()).with_authority(auth.clone());
+    let pos = Position {
+        prefix: "test",
+        index: 0,
+    };
+    let home = Ev::ec2("ASIAHOME", INST, HOME, T0);
+    let evil = Ev::ec2("ASIAHOME", INST, EVIL, T0 + 60);
+    // The attacker's call reaches worker B first; the home call, earlier, reaches A later.
+    assert!(b.process_json(&evil.text(), pos).unwrap().is_empty());
+    let found = a.process_json(&home.text(), pos).unwrap();
+    assert_eq!(rules(&found), vec!["session_token_reuse"]);
+    let f = &found[0];
+    assert_eq!(f.events[0].origin, HOME, "the earlier event is the home");
+    assert_eq!(f.events[1].origin, EVIL);
+    assert_eq!(f.events[1].event_id, evil.0["eventID"].as_str().unwrap());
+    // More calls from both origins on either worker: the same claim, never a new one.
+    let more: Vec<Finding> = [(&a, &evil), (&b, &home), (&b, &evil)]
+        .iter()
+        .flat_map(|(w, e)| w.process_json(&e.text(), pos).unwrap())
+        .collect();
+    assert!(
+        more.iter().all(|g| g.claim_key() == f.claim_key()),
+        "{more:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_shared_store_leaves_the_decision_to_the_local_store() {
+    let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
+    auth.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    let a = Engine::new(&Config::default()).with_authority(auth.clone());
+    let pos = Position {
+        prefix: "test",
+        index: 0,
+    };
+    assert!(a
+        .process_json(&Ev::ec2("ASIADOWN", INST, HOME, T0).text(), pos)
+        .unwrap()
+        .is_empty());
+    let found = a
+        .process_json(&Ev::ec2("ASIADOWN", INST, EVIL, T0 + 5).text(), pos)
+        .unwrap();
+    assert_eq!(rules(&found), vec!["session_token_reuse"]);
+    let s = &a.stats;
+    assert_eq!(
+        s.authority_calls.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(
+        s.authority_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
 }

@@ -10,8 +10,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -26,6 +25,9 @@ const STATE_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "ttl";
 /// Items outlive the session they describe by this much before DynamoDB may delete them.
 const TTL_SLACK_SECS: i64 = 3600;
+/// Claims outlive the stream's retention (at most 365 days; 7 is the longest usual setting), so
+/// that records read again after a lease changes hands never report twice.
+const CLAIM_TTL_SECS: i64 = 8 * 24 * 3600;
 
 /// Calls made, by table and operation, for the metrics (and the calls-per-event benchmark).
 #[derive(Debug, Default)]
@@ -78,7 +80,9 @@ async fn ensure_table(
 ) -> anyhow::Result<bool> {
     match client.describe_table().table_name(table).send().await {
         Ok(_) => return Ok(false),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) => {}
         Err(e) => anyhow::bail!("{option} {table}: DescribeTable: {}", describe(&e)),
     }
     if !create {
@@ -107,7 +111,9 @@ async fn ensure_table(
     match res {
         Ok(_) => {}
         // Another worker created it first.
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_in_use_exception()) => {}
         Err(e) => anyhow::bail!("{option} {table}: CreateTable: {}", describe(&e)),
     }
     for _ in 0..120 {
@@ -138,7 +144,9 @@ fn lease_from(item: &Item) -> Option<Lease> {
         key: get_s(item, LEASE_KEY)?.to_string(),
         owner: get_s(item, "leaseOwner").map(str::to_string),
         counter: get_n(item, "leaseCounter").unwrap_or(0) as u64,
-        checkpoint: get_s(item, "checkpoint").unwrap_or("TRIM_HORIZON").to_string(),
+        checkpoint: get_s(item, "checkpoint")
+            .unwrap_or("TRIM_HORIZON")
+            .to_string(),
         sub_sequence: get_n(item, "checkpointSubSequenceNumber").unwrap_or(0) as u64,
         owner_switches: get_n(item, "ownerSwitchesSinceCheckpoint").unwrap_or(0) as u64,
         parents: item
@@ -156,7 +164,14 @@ impl LeaseTable {
         create: bool,
         calls: std::sync::Arc<CallCounts>,
     ) -> anyhow::Result<LeaseTable> {
-        ensure_table(&client, table, LEASE_KEY, create, "coordination.lease_table").await?;
+        ensure_table(
+            &client,
+            table,
+            LEASE_KEY,
+            create,
+            "coordination.lease_table",
+        )
+        .await?;
         Ok(LeaseTable {
             client,
             table: table.to_string(),
@@ -199,7 +214,10 @@ impl LeaseTable {
             ("leaseCounter".to_string(), n(l.counter)),
             ("checkpoint".to_string(), s(&l.checkpoint)),
             ("checkpointSubSequenceNumber".to_string(), n(l.sub_sequence)),
-            ("ownerSwitchesSinceCheckpoint".to_string(), n(l.owner_switches)),
+            (
+                "ownerSwitchesSinceCheckpoint".to_string(),
+                n(l.owner_switches),
+            ),
         ]);
         if !l.parents.is_empty() {
             item.insert(
@@ -299,7 +317,11 @@ impl LeaseTable {
             key,
             "SET leaseCounter = :next",
             "leaseCounter = :c AND leaseOwner = :me",
-            vec![(":me", s(me)), (":c", n(counter)), (":next", n(counter + 1))],
+            vec![
+                (":me", s(me)),
+                (":c", n(counter)),
+                (":next", n(counter + 1)),
+            ],
         )
         .await
     }
@@ -327,7 +349,11 @@ impl LeaseTable {
             key,
             "REMOVE leaseOwner SET leaseCounter = :next",
             "leaseCounter = :c AND leaseOwner = :me",
-            vec![(":me", s(me)), (":c", n(counter)), (":next", n(counter + 1))],
+            vec![
+                (":me", s(me)),
+                (":c", n(counter)),
+                (":next", n(counter + 1)),
+            ],
         )
         .await
     }
@@ -385,8 +411,14 @@ impl StateTable {
         create: bool,
         calls: std::sync::Arc<CallCounts>,
     ) -> anyhow::Result<StateTable> {
-        let created =
-            ensure_table(&client, table, STATE_KEY, create, "coordination.state_table").await?;
+        let created = ensure_table(
+            &client,
+            table,
+            STATE_KEY,
+            create,
+            "coordination.state_table",
+        )
+        .await?;
         if created {
             let res = client
                 .update_time_to_live()
@@ -411,8 +443,8 @@ impl StateTable {
     }
 
     /// Proposes `home` as the first origin of `session`: one conditional PutItem that succeeds
-    /// when the session is unknown, expired, or known from a later event (or, for a Lambda
-    /// runtime home, known from anywhere but the runtime). Whatever the outcome, the answer is
+    /// when the session is unknown, expired, or known from a later event that is not a Lambda
+    /// runtime home (a runtime home also replaces any outside home). Whatever the outcome, the answer is
     /// the session's first origin as the table now holds it.
     pub async fn propose(
         &self,
@@ -420,20 +452,21 @@ impl StateTable {
         home: &HomeEvidence,
         runtime_wins: bool,
     ) -> anyhow::Result<Proposed> {
-        let mut condition =
-            "attribute_not_exists(pk) OR expiresAt < :t OR firstTime > :t".to_string();
-        let mut req = self
+        // A Lambda runtime home is never displaced by an outside origin, however early.
+        let condition = if runtime_wins {
+            "attribute_not_exists(pk) OR expiresAt < :t OR firstTime > :t OR homeTag <> :runtime"
+        } else {
+            "attribute_not_exists(pk) OR expiresAt < :t OR (firstTime > :t AND homeTag <> :runtime)"
+        };
+        let req = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(home_item(session, home)))
             .expression_attribute_values(":t", n(home.time))
+            .expression_attribute_values(":runtime", n(HomeTag::LambdaRuntime as u8))
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if runtime_wins {
-            condition.push_str(" OR homeTag <> :runtime");
-            req = req.expression_attribute_values(":runtime", n(HomeTag::LambdaRuntime as u8));
-        }
         self.calls.state_writes.fetch_add(1, Relaxed);
         match req.condition_expression(condition).send().await {
             Ok(out) => Ok(Proposed {
@@ -491,24 +524,30 @@ impl StateTable {
         Ok(out.item().and_then(home_from))
     }
 
-    /// Claims the right to report finding `id`: true for exactly one caller, ever (until the
-    /// item's TTL, after the session it is about has expired).
-    pub async fn claim(&self, id: &str, worker: &str, expires: i64) -> anyhow::Result<bool> {
+    /// Claims the right to report a finding: true for exactly one caller per `key` until
+    /// `until` (event time); an event at `t` past it may claim the key again (the session it was
+    /// about has expired, and this is a new one).
+    pub async fn claim(&self, key: &str, until: i64, t: i64, worker: &str) -> anyhow::Result<bool> {
         self.calls.state_writes.fetch_add(1, Relaxed);
+        let ttl = until
+            .max(chrono::Utc::now().timestamp())
+            .saturating_add(CLAIM_TTL_SECS);
         let res = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item(STATE_KEY, s(&format!("f#{id}")))
+            .item(STATE_KEY, s(key))
             .item("worker", s(worker))
+            .item("claimUntil", n(until))
             .item(
                 "claimedAt",
                 s(&chrono::Utc::now()
                     .format("%Y-%m-%dT%H:%M:%S%.3fZ")
                     .to_string()),
             )
-            .item(TTL_ATTRIBUTE, n(expires + TTL_SLACK_SECS))
-            .condition_expression("attribute_not_exists(pk)")
+            .item(TTL_ATTRIBUTE, n(ttl))
+            .condition_expression("attribute_not_exists(pk) OR claimUntil < :t")
+            .expression_attribute_values(":t", n(t))
             .send()
             .await;
         match res {
@@ -520,7 +559,7 @@ impl StateTable {
             Err(e) => {
                 self.calls.errors.fetch_add(1, Relaxed);
                 Err(anyhow::anyhow!(
-                    "claiming finding {id} in {}: {}",
+                    "claiming finding {key} in {}: {}",
                     self.table,
                     describe(&e)
                 ))

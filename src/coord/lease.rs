@@ -312,7 +312,13 @@ mod tests {
                 0,
                 &[("s0", false), ("s1", false), ("s2", false), ("s3", false)],
             ),
-            ("balanced: nothing to do", "a", "s0:a:1 s1:a:1 s2:b:1 s3:b:1", 0, &[]),
+            (
+                "balanced: nothing to do",
+                "a",
+                "s0:a:1 s1:a:1 s2:b:1 s3:b:1",
+                0,
+                &[],
+            ),
             (
                 "a new worker steals one lease at a time from the most loaded",
                 "c",
@@ -369,7 +375,10 @@ mod tests {
             assert_eq!(keys(&takes), expected.to_vec(), "{what}: {takes:?}");
             for t in &takes {
                 let l = leases.iter().find(|l| l.key == t.key).unwrap();
-                assert_eq!(t.counter, l.counter, "{what}: conditional on the counter read");
+                assert_eq!(
+                    t.counter, l.counter,
+                    "{what}: conditional on the counter read"
+                );
                 assert_eq!(t.from, l.owner, "{what}");
             }
         }
@@ -379,7 +388,13 @@ mod tests {
     fn takes_stop_at_the_target() {
         // (what, me, table, max_leases, how many takes), all of them of expired leases.
         let cases: &[(&str, &str, &str, usize, usize)] = &[
-            ("a cap limits one worker", "a", "s0:-:0 s1:-:0 s2:-:0 s3:-:0", 2, 2),
+            (
+                "a cap limits one worker",
+                "a",
+                "s0:-:0 s1:-:0 s2:-:0 s3:-:0",
+                2,
+                2,
+            ),
             (
                 "only up to the target of the live workers",
                 "b",
@@ -403,7 +418,10 @@ mod tests {
         }
         let (leases, clock) = table("s0:a:1! s1:-:0 s2:c:1 s3:c:1");
         let takes = plan("b", &leases, &clock, 105.0, 10.0, 0);
-        assert_eq!(takes[0].key, "s1", "an unowned lease is taken before an expired one");
+        assert_eq!(
+            takes[0].key, "s1",
+            "an unowned lease is taken before an expired one"
+        );
     }
 
     #[test]

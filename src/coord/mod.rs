@@ -45,3 +45,53 @@ impl Authority for SharedState {
         .map_err(|e| format!("{e:#}"))
     }
 }
+
+/// The state table's conditional write, in memory: the reference model of the protocol, for
+/// tests that run several engines in one process.
+#[derive(Default)]
+pub struct MemoryAuthority {
+    homes: std::sync::Mutex<std::collections::HashMap<String, HomeEvidence>>,
+    /// When set, every call fails (an unreachable table).
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl Authority for MemoryAuthority {
+    fn propose(
+        &self,
+        session: &str,
+        home: &HomeEvidence,
+        runtime_wins: bool,
+    ) -> Result<Proposed, String> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("state table unreachable".into());
+        }
+        let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = homes.get(session).cloned();
+        let wins = match &cur {
+            None => true,
+            Some(c) => {
+                let runtime = c.tag == crate::engine::store::HomeTag::LambdaRuntime;
+                c.expires < home.time
+                    || if runtime_wins {
+                        c.time > home.time || !runtime
+                    } else {
+                        c.time > home.time && !runtime
+                    }
+            }
+        };
+        if wins {
+            homes.insert(session.to_string(), home.clone());
+            Ok(Proposed {
+                won: true,
+                current: home.clone(),
+                previous: cur,
+            })
+        } else {
+            Ok(Proposed {
+                won: false,
+                current: cur.expect("a failed condition means an item"),
+                previous: None,
+            })
+        }
+    }
+}

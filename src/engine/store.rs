@@ -147,7 +147,9 @@ pub fn home_of(origin: &Origin<'_>, ipv6_prefix_len: u8) -> Option<(HomeTag, Hom
 /// The stored value of a portable home (`None` for a Lambda runtime home).
 pub fn value_of(h: &HomeEvidence) -> Option<HomeValue> {
     match h.tag {
-        HomeTag::PublicV4 | HomeTag::PrivateV4 => h.origin.parse::<Ipv4Addr>().ok().map(HomeValue::V4),
+        HomeTag::PublicV4 | HomeTag::PrivateV4 => {
+            h.origin.parse::<Ipv4Addr>().ok().map(HomeValue::V4)
+        }
         HomeTag::Opaque => Some(HomeValue::Text(format!("o:{}", h.origin))),
         HomeTag::PublicV6 | HomeTag::PrivateV6 => Some(HomeValue::Text(h.origin.clone())),
         HomeTag::LambdaRuntime => None,

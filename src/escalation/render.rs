@@ -416,6 +416,7 @@ mod tests {
             exceptions_checked: vec![],
             event_time: "2024-01-01T00:00:00Z".into(),
             detected_at: "2024-01-01T00:00:00.000Z".into(),
+            claim: None,
         };
         let k = pagerduty_dedup_key(&f);
         assert!(k.len() <= 255 && k.starts_with("credwatch/session_token_reuse/sha256:"));

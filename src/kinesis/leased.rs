@@ -23,9 +23,6 @@ use crate::config::{CoordinationConfig, StartPosition};
 use crate::coord::dynamo::{CallCounts, LeaseTable, StateTable};
 use crate::coord::lease::{self, Lease, LeaseClock, Renewal};
 
-/// Claims outlive any stream's retention (at most 365 days; 7 is the longest usual setting).
-const CLAIM_TTL_SECS: i64 = 8 * 24 * 3600;
-
 /// This worker's handle on the shared tables.
 pub(crate) struct Coordination {
     pub worker: String,
@@ -72,10 +69,11 @@ impl Coordination {
         })
     }
 
-    /// True for the one worker that reports finding `id`.
-    pub async fn claim(&self, id: &str) -> anyhow::Result<bool> {
-        let until = chrono::Utc::now().timestamp() + CLAIM_TTL_SECS;
-        self.state.claim(id, &self.worker, until).await
+    /// True for the one worker that reports this finding.
+    pub async fn claim(&self, f: &crate::finding::Finding) -> anyhow::Result<bool> {
+        let (key, until) = f.claim_key();
+        let t = crate::event::parse_time(&f.event_time).unwrap_or(0);
+        self.state.claim(&key, until, t, &self.worker).await
     }
 }
 
@@ -244,12 +242,7 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
 
 /// Renews every held lease, writing the shard's position as its checkpoint when it moved.
 /// A lease lost (or not renewed for a whole duration) stops its reader.
-async fn renew_all(
-    shared: &Shared,
-    c: &Coordination,
-    held: &mut BTreeMap<String, Held>,
-    now: f64,
-) {
+async fn renew_all(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String, Held>, now: f64) {
     let duration = c.cfg.lease_duration_secs as f64;
     let positions = shared
         .positions
@@ -318,8 +311,7 @@ async fn sync_shards(
         .collect();
     let mut created = false;
     for l in lease::leases_to_create(&shards, leases, initial) {
-        if c
-            .leases
+        if c.leases
             .create(&l)
             .await
             .with_context(|| format!("shard {}", l.key))?

@@ -277,7 +277,7 @@ async fn process_batch(
         // two workers, or records read again after a lease changed hands).
         let mut kept = Vec::with_capacity(found.len());
         for (f, arrival) in found {
-            match c.claim(&f.id).await {
+            match c.claim(&f).await {
                 Ok(true) => kept.push((f, arrival)),
                 Ok(false) => m.claimed_elsewhere.inc(),
                 // Better twice than never: an unreachable table does not silence a finding.

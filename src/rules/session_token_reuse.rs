@@ -18,7 +18,7 @@ use crate::engine::store::{
 };
 use crate::engine::{Engine, Explanation, Position};
 use crate::event::{format_time, parse_time, CloudTrailEvent};
-use crate::finding::{finding_id, EventEvidence, ExceptionCheck, Finding};
+use crate::finding::{finding_id, Claim, EventEvidence, ExceptionCheck, Finding};
 use crate::rules::event_evidence;
 
 pub const RULE: &str = "session_token_reuse";
@@ -103,6 +103,10 @@ pub(crate) fn check(
                             applied: false,
                             detail: format!("endpoint owner {owner_text} is not an organisation account"),
                         }],
+                        claim: Some(Claim {
+                            key: finding_id(&[FOREIGN_VPCE, &cred.session_key, id]),
+                            until: expires,
+                        }),
                         ..base(ev, cred, t)
                     });
                 } else {
@@ -283,7 +287,8 @@ fn consult(
         None => s.tag() == HomeTag::LambdaRuntime,
         Some(v) => e.store.same_home(s, tag, v),
     };
-    if local.is_some_and(|s| s.expires as i64 >= t && is_home(&s)) {
+    // At home, and not earlier than the home's first event: nothing the authority needs.
+    if local.is_some_and(|s| s.expires as i64 >= t && is_home(&s) && t >= s.first_time as i64) {
         return;
     }
     let proposal = portable(&NewHome {
@@ -376,6 +381,7 @@ fn base(ev: &CloudTrailEvent<'_>, cred: &Credential<'_>, t: i64) -> Finding {
         detected_at: chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string(),
+        claim: None,
     }
 }
 
@@ -509,6 +515,10 @@ fn report(
         });
     }
     let latest = home_time.max(parse_time(&second.event_time).unwrap_or(t));
+    let claim = Some(Claim {
+        key: finding_id(&[RULE, &cred.session_key, outside]),
+        until: expires,
+    });
     out.push(Finding {
         id: finding_id(&[RULE, &cred.session_key, outside, &home_time.to_string()]),
         rule: RULE.into(),
@@ -518,6 +528,7 @@ fn report(
         events: vec![first, second],
         exceptions_checked: checks,
         event_time: format_time(latest),
+        claim,
         ..base(ev, cred, t)
     });
 }
