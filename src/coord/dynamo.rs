@@ -376,31 +376,34 @@ pub struct StateTable {
     client: Client,
     table: String,
     pub calls: std::sync::Arc<CallCounts>,
+    /// How long to wait for another worker's claim on the same event to be marked reported.
+    pub claim_patience: Duration,
 }
 
-fn home_item(session: &str, h: &HomeEvidence) -> Item {
-    HashMap::from([
-        (STATE_KEY.to_string(), s(&format!("s#{session}"))),
-        ("homeTag".to_string(), n(h.tag as u8)),
-        ("home".to_string(), s(&h.origin)),
-        ("eventId".to_string(), s(&h.event_id)),
-        ("firstTime".to_string(), n(h.time)),
-        ("expiresAt".to_string(), n(h.expires)),
-        ("userAgent".to_string(), s(&h.user_agent)),
-        ("credentialClass".to_string(), n(h.class)),
-        (TTL_ATTRIBUTE.to_string(), n(h.expires + TTL_SLACK_SECS)),
-    ])
-}
-
-fn home_from(item: &Item) -> Option<HomeEvidence> {
+/// Reads a home stored under `prefix` (`""` for the session's first origin, `"prev"` for the
+/// origin it displaced).
+fn home_from(item: &Item, prefix: &str) -> Option<HomeEvidence> {
+    let k = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            let mut c = name.chars();
+            let first = c.next().map(|f| f.to_ascii_uppercase()).unwrap_or_default();
+            format!("{prefix}{first}{}", c.as_str())
+        }
+    };
+    let tag = get_n(item, &k("homeTag"))? as u8;
+    if tag == 0 {
+        return None;
+    }
     Some(HomeEvidence {
-        tag: HomeTag::from_bits(get_n(item, "homeTag")? as u8),
-        origin: get_s(item, "home")?.to_string(),
-        event_id: get_s(item, "eventId").unwrap_or_default().to_string(),
-        time: get_n(item, "firstTime")?,
-        user_agent: get_s(item, "userAgent").unwrap_or_default().to_string(),
-        class: get_n(item, "credentialClass").unwrap_or(0) as u8,
-        expires: get_n(item, "expiresAt")?,
+        tag: HomeTag::from_bits(tag),
+        origin: get_s(item, &k("home"))?.to_string(),
+        event_id: get_s(item, &k("eventId")).unwrap_or_default().to_string(),
+        time: get_n(item, &k("firstTime"))?,
+        user_agent: get_s(item, &k("userAgent")).unwrap_or_default().to_string(),
+        class: get_n(item, &k("credentialClass")).unwrap_or(0) as u8,
+        expires: get_n(item, &k("expiresAt"))?,
     })
 }
 
@@ -439,6 +442,7 @@ impl StateTable {
             client,
             table: table.to_string(),
             calls,
+            claim_patience: Duration::from_secs(10),
         })
     }
 
@@ -458,37 +462,76 @@ impl StateTable {
         } else {
             "attribute_not_exists(pk) OR expiresAt < :t OR (firstTime > :t AND homeTag <> :runtime)"
         };
+        // The origin it displaces is kept beside it (`prev…`): a worker that dies between this
+        // write and its report leaves the pair for the next owner of the shard to report when
+        // it reads the same event again.
+        let update = "SET prevHomeTag = if_not_exists(homeTag, :zero), \
+             prevHome = if_not_exists(home, :empty), \
+             prevEventId = if_not_exists(eventId, :empty), \
+             prevFirstTime = if_not_exists(firstTime, :zero), \
+             prevExpiresAt = if_not_exists(expiresAt, :zero), \
+             prevUserAgent = if_not_exists(userAgent, :empty), \
+             prevCredentialClass = if_not_exists(credentialClass, :zero), \
+             homeTag = :tag, home = :home, eventId = :event, firstTime = :t, \
+             expiresAt = :expires, userAgent = :ua, credentialClass = :class, #ttl = :ttl";
         let req = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .set_item(Some(home_item(session, home)))
+            .key(STATE_KEY, s(&format!("s#{session}")))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":t", n(home.time))
             .expression_attribute_values(":runtime", n(HomeTag::LambdaRuntime as u8))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":empty", s("-"))
+            .expression_attribute_values(":tag", n(home.tag as u8))
+            .expression_attribute_values(":home", s(&home.origin))
+            .expression_attribute_values(":event", s(&home.event_id))
+            .expression_attribute_values(":expires", n(home.expires))
+            .expression_attribute_values(":ua", s(&home.user_agent))
+            .expression_attribute_values(":class", n(home.class))
+            .expression_attribute_values(":ttl", n(home.expires + TTL_SLACK_SECS))
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         self.calls.state_writes.fetch_add(1, Relaxed);
-        match req.condition_expression(condition).send().await {
+        match req.send().await {
             Ok(out) => Ok(Proposed {
                 won: true,
                 current: home.clone(),
-                previous: out.attributes().and_then(home_from),
+                previous: out.attributes().and_then(|a| home_from(a, "")),
             }),
             Err(e) if is_conditional_failure(&e) => {
                 self.calls.conditional_failures.fetch_add(1, Relaxed);
                 let returned = match e.as_service_error() {
-                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                        c.item().and_then(home_from)
+                    Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                        c.item().cloned()
                     }
                     _ => None,
                 };
-                let current = match returned {
-                    Some(h) => h,
+                let item = match returned {
+                    Some(i) => i,
                     // Not every implementation returns the item with the failure: read it.
-                    None => self.get_home(session).await?.ok_or_else(|| {
-                        anyhow::anyhow!("session {session}: condition failed but no item")
-                    })?,
+                    None => self
+                        .get_item(&format!("s#{session}"))
+                        .await?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("session {session}: condition failed but no item")
+                        })?,
                 };
+                let current = home_from(&item, "").ok_or_else(|| {
+                    anyhow::anyhow!("session {session}: the state item has no home")
+                })?;
+                // This very event is the home already: the proposal was made before (by a
+                // worker that may not have reported the pair), so answer as it was answered.
+                if current.event_id == home.event_id && current.time == home.time {
+                    return Ok(Proposed {
+                        won: true,
+                        current,
+                        previous: home_from(&item, "prev"),
+                    });
+                }
                 Ok(Proposed {
                     won: false,
                     current,
@@ -506,14 +549,14 @@ impl StateTable {
         }
     }
 
-    /// A session's first origin, read strongly consistently.
-    pub async fn get_home(&self, session: &str) -> anyhow::Result<Option<HomeEvidence>> {
+    /// A session's item, read strongly consistently.
+    async fn get_item(&self, pk: &str) -> anyhow::Result<Option<Item>> {
         self.calls.state_reads.fetch_add(1, Relaxed);
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(STATE_KEY, s(&format!("s#{session}")))
+            .key(STATE_KEY, s(pk))
             .consistent_read(true)
             .send()
             .await
@@ -521,13 +564,23 @@ impl StateTable {
                 self.calls.errors.fetch_add(1, Relaxed);
                 anyhow::anyhow!("reading {}: {}", self.table, describe(&e))
             })?;
-        Ok(out.item().and_then(home_from))
+        Ok(out.item().cloned())
     }
 
     /// Claims the right to report a finding: true for exactly one caller per `key` until
     /// `until` (event time); an event at `t` past it may claim the key again (the session it was
-    /// about has expired, and this is a new one).
-    pub async fn claim(&self, key: &str, until: i64, t: i64, worker: &str) -> anyhow::Result<bool> {
+    /// about has expired, and this is a new one). `source` is where the triggering event was
+    /// read (`shard@sequence#index`): a claim still `claimed` (never marked reported) from the
+    /// same source is taken over, since only the shard's new owner reads that event again,
+    /// after the claimer died between its claim and its report.
+    pub async fn claim(
+        &self,
+        key: &str,
+        until: i64,
+        t: i64,
+        worker: &str,
+        source: &str,
+    ) -> anyhow::Result<bool> {
         self.calls.state_writes.fetch_add(1, Relaxed);
         let ttl = until
             .max(chrono::Utc::now().timestamp())
@@ -538,6 +591,8 @@ impl StateTable {
             .table_name(&self.table)
             .item(STATE_KEY, s(key))
             .item("worker", s(worker))
+            .item("status", s("claimed"))
+            .item("source", s(source))
             .item("claimUntil", n(until))
             .item(
                 "claimedAt",
@@ -548,10 +603,80 @@ impl StateTable {
             .item(TTL_ATTRIBUTE, n(ttl))
             .condition_expression("attribute_not_exists(pk) OR claimUntil < :t")
             .expression_attribute_values(":t", n(t))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let err = match res {
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        };
+        if !is_conditional_failure(&err) {
+            self.calls.errors.fetch_add(1, Relaxed);
+            anyhow::bail!(
+                "claiming finding {key} in {}: {}",
+                self.table,
+                describe(&err)
+            );
+        }
+        self.calls.conditional_failures.fetch_add(1, Relaxed);
+        let returned = match err.as_service_error() {
+            Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                c.item().cloned()
+            }
+            _ => None,
+        };
+        let mut item = match returned {
+            Some(i) => Some(i),
+            None => self.get_item(key).await?,
+        };
+        // Claimed from this very event and not yet marked reported: either the claimer is
+        // writing it now (a worker that lost the shard's lease and has not noticed yet), or it
+        // died before reporting. Wait for the mark, up to a lease duration, before taking over.
+        let waited = std::time::Instant::now();
+        let old = loop {
+            let Some(it) = &item else { return Ok(false) };
+            let (Some("claimed"), Some(src), Some(old)) = (
+                get_s(it, "status"),
+                get_s(it, "source"),
+                get_s(it, "worker"),
+            ) else {
+                return Ok(false);
+            };
+            if src != source {
+                return Ok(false);
+            }
+            if old == worker || waited.elapsed() >= self.claim_patience {
+                break old.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            item = self.get_item(key).await?;
+        };
+        let old = old.as_str();
+        self.calls.state_writes.fetch_add(1, Relaxed);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(STATE_KEY, s(key))
+            .update_expression("SET worker = :me")
+            .condition_expression("#st = :claimed AND #src = :src AND worker = :old")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#src", "source")
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":claimed", s("claimed"))
+            .expression_attribute_values(":src", s(source))
+            .expression_attribute_values(":old", s(old))
             .send()
             .await;
         match res {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                tracing::info!(
+                    key,
+                    from = old,
+                    "took over a claim whose report was never marked"
+                );
+                Ok(true)
+            }
             Err(e) if is_conditional_failure(&e) => {
                 self.calls.conditional_failures.fetch_add(1, Relaxed);
                 Ok(false)
@@ -559,7 +684,39 @@ impl StateTable {
             Err(e) => {
                 self.calls.errors.fetch_add(1, Relaxed);
                 Err(anyhow::anyhow!(
-                    "claiming finding {key} in {}: {}",
+                    "taking over claim {key} in {}: {}",
+                    self.table,
+                    describe(&e)
+                ))
+            }
+        }
+    }
+
+    /// Marks a claim reported (its finding is written and spooled): no one takes it over.
+    pub async fn mark_reported(&self, key: &str, worker: &str) -> anyhow::Result<()> {
+        self.calls.state_writes.fetch_add(1, Relaxed);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(STATE_KEY, s(key))
+            .update_expression("SET #st = :written")
+            .condition_expression("worker = :me")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_values(":me", s(worker))
+            .expression_attribute_values(":written", s("reported"))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => {
+                self.calls.conditional_failures.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.calls.errors.fetch_add(1, Relaxed);
+                Err(anyhow::anyhow!(
+                    "marking claim {key} reported in {}: {}",
                     self.table,
                     describe(&e)
                 ))

@@ -304,7 +304,8 @@ mod tests {
     #[test]
     fn lease_scenarios() {
         // (what, me, table, max_leases, expected takes (key, steal)), at now = 105, duration 10.
-        let cases: &[(&str, &str, &str, usize, &[(&str, bool)])] = &[
+        type Case<'a> = (&'a str, &'a str, &'a str, usize, &'a [(&'a str, bool)]);
+        let cases: &[Case] = &[
             (
                 "first worker takes every unowned lease",
                 "a",

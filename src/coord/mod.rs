@@ -50,7 +50,9 @@ impl Authority for SharedState {
 /// tests that run several engines in one process.
 #[derive(Default)]
 pub struct MemoryAuthority {
-    homes: std::sync::Mutex<std::collections::HashMap<String, HomeEvidence>>,
+    /// Session -> (first origin, the origin it displaced).
+    homes:
+        std::sync::Mutex<std::collections::HashMap<String, (HomeEvidence, Option<HomeEvidence>)>>,
     /// When set, every call fails (an unreachable table).
     pub down: std::sync::atomic::AtomicBool,
 }
@@ -66,7 +68,8 @@ impl Authority for MemoryAuthority {
             return Err("state table unreachable".into());
         }
         let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
-        let cur = homes.get(session).cloned();
+        let entry = homes.get(session).cloned();
+        let cur = entry.as_ref().map(|(h, _)| h.clone());
         let wins = match &cur {
             None => true,
             Some(c) => {
@@ -80,18 +83,20 @@ impl Authority for MemoryAuthority {
             }
         };
         if wins {
-            homes.insert(session.to_string(), home.clone());
-            Ok(Proposed {
+            homes.insert(session.to_string(), (home.clone(), cur.clone()));
+            return Ok(Proposed {
                 won: true,
                 current: home.clone(),
                 previous: cur,
-            })
-        } else {
-            Ok(Proposed {
-                won: false,
-                current: cur.expect("a failed condition means an item"),
-                previous: None,
-            })
+            });
         }
+        let (current, prev) = entry.expect("a failed condition means an item");
+        // The same event proposed again (read again by a shard's next owner).
+        let again = current.event_id == home.event_id && current.time == home.time;
+        Ok(Proposed {
+            won: again,
+            current,
+            previous: if again { prev } else { None },
+        })
     }
 }

@@ -60,7 +60,9 @@ impl Coordination {
             calls.clone(),
         )
         .await?;
-        let state = StateTable::open(client, &cfg.state_table, cfg.create_tables, calls).await?;
+        let mut state =
+            StateTable::open(client, &cfg.state_table, cfg.create_tables, calls).await?;
+        state.claim_patience = Duration::from_secs(cfg.lease_duration_secs);
         Ok(Coordination {
             worker: cfg.worker_id.clone().unwrap_or_else(default_worker_id),
             leases,
@@ -73,7 +75,21 @@ impl Coordination {
     pub async fn claim(&self, f: &crate::finding::Finding) -> anyhow::Result<bool> {
         let (key, until) = f.claim_key();
         let t = crate::event::parse_time(&f.event_time).unwrap_or(0);
-        self.state.claim(&key, until, t, &self.worker).await
+        let source = f
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| e.source.as_deref())
+            .unwrap_or(&f.id);
+        self.state.claim(&key, until, t, &self.worker, source).await
+    }
+
+    /// After the finding is written and spooled.
+    pub async fn reported(&self, f: &crate::finding::Finding) {
+        let (key, _) = f.claim_key();
+        if let Err(e) = self.state.mark_reported(&key, &self.worker).await {
+            tracing::warn!(id = %f.id, error = %e, "could not mark a claim reported");
+        }
     }
 }
 

@@ -304,6 +304,11 @@ async fn process_batch(
             .escalator
             .submit(&findings)
             .map_err(|e| anyhow::anyhow!("spooling findings for escalation: {e}"))?;
+        if let Some(c) = &shared.coordination {
+            for f in &findings {
+                c.reported(f).await;
+            }
+        }
         let now = chrono::Utc::now();
         let now_f = now.timestamp() as f64 + now.timestamp_subsec_millis() as f64 / 1000.0;
         for f in &written {

@@ -51,6 +51,16 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts a fresh moto server on a free loopback port and waits until it answers.
     pub fn start() -> MotoServer {
+        Self::start_with(false)
+    }
+
+    /// Like [`MotoServer::start`], but answering one request at a time
+    /// (`tests/stack/moto-serial.py`): DynamoDB conditional writes are then atomic, as on AWS.
+    pub fn start_serial() -> MotoServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(serial: bool) -> MotoServer {
         // Never ask EC2 instance metadata for anything during tests. Set before any SDK client
         // exists; Rust 2021 keeps `set_var` safe.
         static ENV: OnceLock<()> = OnceLock::new();
@@ -63,8 +73,21 @@ impl MotoServer {
             let port = free_port();
             let log_path = dir.path().join(format!("moto-{port}.log"));
             let log = std::fs::File::create(&log_path).expect("create moto log");
-            let mut child = Command::new(bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut cmd = if serial {
+                let python = bin.with_file_name("python");
+                let mut c = Command::new(python);
+                c.arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/stack/moto-serial.py"
+                ))
+                .arg(port.to_string());
+                c
+            } else {
+                let mut c = Command::new(bin);
+                c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                c
+            };
+            let mut child = cmd
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone moto log handle"))
                 .stderr(log)

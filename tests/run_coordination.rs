@@ -1,0 +1,625 @@
+//! Several `credwatch run` processes on one stream, coordinated through DynamoDB (moto on
+//! loopback): KCL-layout leases balanced across workers, a session split across workers reported
+//! once, `kill -9` of a worker taken over within the lease duration with nothing lost and nothing
+//! repeated, a worker that loses a lease stops reading, SIGTERM releases leases.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use serde_json::Value;
+use support::moto::MotoServer;
+use support::prometheus::free_port;
+use support::run::{envelope, http_get, sessions, Nets, Run, Session, State, RULE};
+
+const NETS: Nets = Nets {
+    home: "54.30",
+    evil: "203.0.115",
+};
+/// Short leases keep the test quick; the worker renews every third of it.
+const LEASE_SECS: u64 = 3;
+const LEASE_TABLE: &str = "credwatch-test-leases";
+const STATE_TABLE: &str = "credwatch-test-state";
+
+/// One worker: its files, metrics port and process.
+struct Worker {
+    id: String,
+    state: State,
+    port: u16,
+    run: std::cell::RefCell<Run>,
+    /// Killed on purpose: its log is still shown, its exit is not a failure.
+    killed: std::cell::Cell<bool>,
+}
+
+impl Worker {
+    fn start(moto: &MotoServer, stream: &str, id: &str) -> Worker {
+        let state = State::new();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let lease = LEASE_SECS.to_string();
+        let run = Run::start(
+            &moto.endpoint(),
+            stream,
+            &state,
+            Some(&addr),
+            &[
+                ("CREDWATCH_COORDINATION__BACKEND", "dynamodb"),
+                ("CREDWATCH_COORDINATION__LEASE_TABLE", LEASE_TABLE),
+                ("CREDWATCH_COORDINATION__STATE_TABLE", STATE_TABLE),
+                ("CREDWATCH_COORDINATION__LEASE_DURATION_SECS", &lease),
+                ("CREDWATCH_WORKER_ID", id),
+            ],
+        );
+        Worker {
+            id: id.to_string(),
+            state,
+            port,
+            run: std::cell::RefCell::new(run),
+            killed: std::cell::Cell::new(false),
+        }
+    }
+
+    /// A metric's value (summed over its series matching `labels`), 0 when absent.
+    fn metric(&self, name: &str, labels: &str) -> f64 {
+        let Some((200, body)) = http_get(self.port, "/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.split([' ', '{']).next() == Some(name)
+                    && (labels.is_empty() || l.contains(labels))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+async fn dynamodb(moto: &MotoServer) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config().await)
+}
+
+/// The lease table as items, keyed by `leaseKey`.
+async fn leases(
+    db: &aws_sdk_dynamodb::Client,
+) -> BTreeMap<String, HashMap<String, AttributeValue>> {
+    let Ok(out) = db
+        .scan()
+        .table_name(LEASE_TABLE)
+        .consistent_read(true)
+        .send()
+        .await
+    else {
+        return BTreeMap::new();
+    };
+    out.items()
+        .iter()
+        .map(|i| (i["leaseKey"].as_s().unwrap().clone(), i.clone()))
+        .collect()
+}
+
+fn owner(item: &HashMap<String, AttributeValue>) -> Option<String> {
+    item.get("leaseOwner").and_then(|v| v.as_s().ok()).cloned()
+}
+
+fn number(item: &HashMap<String, AttributeValue>, k: &str) -> u64 {
+    item[k].as_n().unwrap().parse().unwrap()
+}
+
+/// Owner -> shards, for leases that have an owner.
+fn by_owner(
+    leases: &BTreeMap<String, HashMap<String, AttributeValue>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, item) in leases {
+        if let Some(o) = owner(item) {
+            m.entry(o).or_default().push(k.clone());
+        }
+    }
+    m
+}
+
+/// Polls `check` every 200 ms for at most `timeout`; panics with the last answer and the
+/// workers' logs.
+async fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    workers: &[&Worker],
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = match check().await {
+            Ok(v) => return v,
+            Err(s) => s,
+        };
+        for w in workers.iter().filter(|w| !w.killed.get()) {
+            w.run.borrow_mut().assert_running(what);
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = workers
+                .iter()
+                .map(|w| format!("--- {} ---\n{}", w.id, w.run.borrow().log_tail()))
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last seen: {seen}\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each shard's starting hash key, to put a record into that shard (ExplicitHashKey).
+async fn hash_keys(moto: &MotoServer, stream: &str) -> BTreeMap<String, String> {
+    let out = moto
+        .kinesis()
+        .await
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("ListShards");
+    out.shards()
+        .iter()
+        .map(|s| {
+            (
+                s.shard_id().to_string(),
+                s.hash_key_range()
+                    .expect("hash key range")
+                    .starting_hash_key()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Puts each `(shard, event)` as its own envelope into that shard.
+async fn put_to_shards(
+    moto: &MotoServer,
+    stream: &str,
+    keys: &BTreeMap<String, String>,
+    events: &[(String, String)],
+) {
+    let entries: Vec<PutRecordsRequestEntry> = events
+        .iter()
+        .map(|(shard, event)| {
+            PutRecordsRequestEntry::builder()
+                .partition_key("p")
+                .explicit_hash_key(&keys[shard])
+                .data(Blob::new(envelope("i-0", std::slice::from_ref(event))))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let out = moto
+        .kinesis()
+        .await
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .expect("PutRecords");
+    assert_eq!(out.failed_record_count().unwrap_or(0), 0, "{out:?}");
+    for (r, (shard, _)) in out.records().iter().zip(events) {
+        assert_eq!(
+            r.shard_id(),
+            Some(shard.as_str()),
+            "ExplicitHashKey honoured"
+        );
+    }
+}
+
+/// Every finding of every worker, with the worker's id.
+fn all_findings(workers: &[&Worker]) -> Vec<(String, Value)> {
+    workers
+        .iter()
+        .flat_map(|w| {
+            w.state
+                .findings()
+                .into_iter()
+                .map(|f| (w.id.clone(), f))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Session name -> how many findings name it, over `findings`.
+fn counts(findings: &[(String, Value)]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (_, f) in findings {
+        assert_eq!(f["rule"], RULE, "only reuse findings expected: {f}");
+        *m.entry(f["session"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_eight_shards_report_each_session_once_and_survive_kill9() {
+    let moto = MotoServer::start_serial();
+    let stream = "coord-three";
+    moto.create_stream(stream, 8).await;
+    let db = dynamodb(&moto).await;
+    let keys = hash_keys(&moto, stream).await;
+    let w1 = Worker::start(&moto, stream, "w1");
+    let w2 = Worker::start(&moto, stream, "w2");
+    let w3 = Worker::start(&moto, stream, "w3");
+
+    // Leases: eight, balanced 3/3/2, in the KCL layout.
+    let owners = wait_until(
+        "eight leases balanced over three workers",
+        Duration::from_secs(60),
+        &[&w1, &w2, &w3],
+        async || {
+            let l = leases(&db).await;
+            let o = by_owner(&l);
+            let mut sizes: Vec<usize> = o.values().map(Vec::len).collect();
+            sizes.sort();
+            if l.len() == 8 && sizes == vec![2, 3, 3] {
+                Ok(o)
+            } else {
+                Err(format!("{} leases, owners {o:?}", l.len()))
+            }
+        },
+    )
+    .await;
+    let table = leases(&db).await;
+    for (k, item) in &table {
+        for attr in [
+            "leaseKey",
+            "leaseOwner",
+            "leaseCounter",
+            "checkpoint",
+            "checkpointSubSequenceNumber",
+            "ownerSwitchesSinceCheckpoint",
+        ] {
+            assert!(item.contains_key(attr), "lease {k} lacks {attr}: {item:?}");
+        }
+        assert!(item["leaseCounter"].as_n().is_ok());
+        assert!(item["checkpoint"].as_s().is_ok());
+    }
+
+    // Sessions whose home and second origin land on shards of two different workers.
+    let shard_of = |w: &str, i: usize| owners[w][i % owners[w].len()].clone();
+    let pairs = [("w1", "w2"), ("w2", "w3"), ("w3", "w1")];
+    let first: Vec<Session> = sessions("coord-a", 12, NETS);
+    let mut events = Vec::new();
+    for (i, s) in first.iter().enumerate() {
+        let (a, b) = pairs[i % 3];
+        events.push((shard_of(a, i), s.home()));
+        events.push((shard_of(b, i), s.second()));
+    }
+    put_to_shards(&moto, stream, &keys, &events).await;
+    let want: BTreeSet<String> = first.iter().map(Session::name).collect();
+    wait_until(
+        "a finding for each split session",
+        Duration::from_secs(60),
+        &[&w1, &w2, &w3],
+        async || {
+            let c = counts(&all_findings(&[&w1, &w2, &w3]));
+            let got: BTreeSet<String> = c.keys().cloned().collect();
+            if want.is_subset(&got) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "missing {:?}",
+                    want.difference(&got).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let found = all_findings(&[&w1, &w2, &w3]);
+    for (session, n) in counts(&found) {
+        assert_eq!(n, 1, "{session} reported {n} times: {found:?}");
+    }
+    for s in &first {
+        let (_, f) = found
+            .iter()
+            .find(|(_, f)| f["session"] == s.name())
+            .unwrap();
+        assert_eq!(
+            f["events"][0]["origin"],
+            s.home_ip.as_str(),
+            "home first: {f}"
+        );
+        assert_eq!(f["events"][1]["origin"], s.evil_ip.as_str(), "{f}");
+        assert_eq!(f["events"][1]["event_id"], s.second_id.as_str(), "{f}");
+    }
+    // Checkpoints are in the lease items: every shard that had records has a sequence number.
+    let used: BTreeSet<&String> = events.iter().map(|(s, _)| s).collect();
+    wait_until(
+        "checkpoints written into the lease items",
+        Duration::from_secs(20),
+        &[&w1, &w2, &w3],
+        async || {
+            let l = leases(&db).await;
+            let missing: Vec<&&String> = used
+                .iter()
+                .filter(|s| {
+                    !l[s.as_str()]["checkpoint"]
+                        .as_s()
+                        .unwrap()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no sequence-number checkpoint on {missing:?}"))
+            }
+        },
+    )
+    .await;
+    let calls = w1.metric("credwatch_dynamodb_calls_total", "table=\"state\"");
+    assert!(calls > 0.0, "worker 1 used the state table");
+
+    // kill -9 of w1, with records in flight on its shards: w2 and w3 take its leases within
+    // the lease duration (plus the renewal tick that notices), and every session is found once.
+    let dead: Vec<String> = owners["w1"].clone();
+    let second: Vec<Session> = sessions("coord-b", 12, NETS);
+    let mut events = Vec::new();
+    for (i, s) in second.iter().enumerate() {
+        let live = if i % 2 == 0 { "w2" } else { "w3" };
+        events.push((dead[i % dead.len()].clone(), s.home()));
+        let other = if i % 3 == 0 {
+            shard_of(live, i)
+        } else {
+            dead[(i + 1) % dead.len()].clone()
+        };
+        events.push((other, s.second()));
+    }
+    let (before, after) = events.split_at(events.len() / 2);
+    put_to_shards(&moto, stream, &keys, before).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w1.run.borrow_mut().kill9();
+    w1.killed.set(true);
+    let killed = Instant::now();
+    put_to_shards(&moto, stream, &keys, after).await;
+    let took = wait_until(
+        "w1's leases taken over",
+        Duration::from_secs(30),
+        &[&w2, &w3],
+        async || {
+            let l = leases(&db).await;
+            let still: Vec<&String> = dead
+                .iter()
+                .filter(|k| owner(&l[k.as_str()]).as_deref() == Some("w1"))
+                .collect();
+            if still.is_empty() {
+                Ok(killed.elapsed())
+            } else {
+                Err(format!("still w1's: {still:?}"))
+            }
+        },
+    )
+    .await;
+    // Expiry is judged after a whole lease duration without renewal; the survivors scan every
+    // third of it. Allow that, one more tick, and a second of scheduling on a busy machine.
+    let bound = Duration::from_secs_f64(LEASE_SECS as f64 * (1.0 + 2.0 / 3.0) + 1.0);
+    assert!(took <= bound, "takeover took {took:?} (bound {bound:?})");
+    let want: BTreeSet<String> = second.iter().map(Session::name).collect();
+    wait_until(
+        "every session after the kill found",
+        Duration::from_secs(60),
+        &[&w1, &w2, &w3],
+        async || {
+            let c = counts(&all_findings(&[&w1, &w2, &w3]));
+            let got: BTreeSet<String> = c.keys().cloned().collect();
+            if want.is_subset(&got) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "missing {:?}",
+                    want.difference(&got).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let found = all_findings(&[&w1, &w2, &w3]);
+    for (session, n) in counts(&found) {
+        assert_eq!(
+            n, 1,
+            "{session} reported {n} times after the takeover: {found:?}"
+        );
+    }
+    assert_eq!(counts(&found).len(), 24);
+
+    // SIGTERM of w2: it checkpoints and releases its leases, and w3 takes them all at once
+    // (no wait for expiry).
+    w2.run.borrow().sigterm();
+    let status = w2
+        .run
+        .borrow_mut()
+        .wait_exit(Duration::from_secs(20))
+        .expect("w2 exits");
+    assert!(
+        status.success(),
+        "w2 exit: {status}\n{}",
+        w2.run.borrow().log_tail()
+    );
+    let released = Instant::now();
+    wait_until(
+        "w3 holding all eight leases",
+        Duration::from_secs(20),
+        &[&w3],
+        async || {
+            let o = by_owner(&leases(&db).await);
+            if o.get("w3").map(Vec::len) == Some(8) {
+                Ok(())
+            } else {
+                Err(format!("{o:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        released.elapsed() < Duration::from_secs(LEASE_SECS),
+        "released leases are taken without waiting for expiry ({:?})",
+        released.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_loses_a_lease_stops_reading_the_shard_until_it_takes_it_back() {
+    let moto = MotoServer::start_serial();
+    let stream = "coord-lost";
+    moto.create_stream(stream, 2).await;
+    let db = dynamodb(&moto).await;
+    let keys = hash_keys(&moto, stream).await;
+    let w = Worker::start(&moto, stream, "solo");
+    wait_until(
+        "both leases held",
+        Duration::from_secs(60),
+        &[&w],
+        async || {
+            let o = by_owner(&leases(&db).await);
+            match o.get("solo") {
+                Some(v) if v.len() == 2 => Ok(()),
+                _ => Err(format!("{o:?}")),
+            }
+        },
+    )
+    .await;
+    wait_until(
+        "both shards being read",
+        Duration::from_secs(20),
+        &[&w],
+        async || {
+            let n = w.metric("credwatch_kinesis_shards_owned", "");
+            if n == 2.0 {
+                Ok(())
+            } else {
+                Err(format!("shards owned {n}"))
+            }
+        },
+    )
+    .await;
+    let stolen = keys.keys().next().unwrap().clone();
+
+    // An intruder takes the lease with a conditional write on the counter, and keeps renewing it.
+    let steal = |counter: u64| {
+        let db = db.clone();
+        let stolen = stolen.clone();
+        async move {
+            db.update_item()
+                .table_name(LEASE_TABLE)
+                .key("leaseKey", AttributeValue::S(stolen))
+                .update_expression("SET leaseOwner = :o, leaseCounter = :n")
+                .condition_expression("leaseCounter = :c")
+                .expression_attribute_values(":o", AttributeValue::S("intruder".into()))
+                .expression_attribute_values(":c", AttributeValue::N(counter.to_string()))
+                .expression_attribute_values(":n", AttributeValue::N((counter + 1).to_string()))
+                .send()
+                .await
+                .is_ok()
+        }
+    };
+    loop {
+        let l = leases(&db).await;
+        if steal(number(&l[&stolen], "leaseCounter")).await {
+            break;
+        }
+    }
+    let renewing = tokio::spawn({
+        let db = db.clone();
+        let stolen = stolen.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = db
+                    .update_item()
+                    .table_name(LEASE_TABLE)
+                    .key("leaseKey", AttributeValue::S(stolen.clone()))
+                    .update_expression("SET leaseCounter = leaseCounter + :one")
+                    .condition_expression("leaseOwner = :o")
+                    .expression_attribute_values(":o", AttributeValue::S("intruder".into()))
+                    .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                    .send()
+                    .await;
+            }
+        }
+    });
+    wait_until(
+        "the worker noticing the lost lease",
+        Duration::from_secs(20),
+        &[&w],
+        async || {
+            let lost = w.metric("credwatch_lease_events_total", "event=\"lost\"");
+            let owned = w.metric("credwatch_kinesis_shards_owned", "");
+            if lost == 1.0 && owned == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("lost {lost}, shards owned {owned}"))
+            }
+        },
+    )
+    .await;
+    let checkpoint_before = leases(&db).await[&stolen]["checkpoint"].clone();
+    let records_before = w.metric(
+        "credwatch_kinesis_records_total",
+        &format!("shard=\"{stolen}\""),
+    );
+
+    // A session entirely on the stolen shard: not read while the intruder holds it.
+    let s = Session::new("coord-lost", 0, NETS);
+    put_to_shards(
+        &moto,
+        stream,
+        &keys,
+        &[(stolen.clone(), s.home()), (stolen.clone(), s.second())],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(LEASE_SECS * 2)).await;
+    w.run
+        .borrow_mut()
+        .assert_running("reading while the intruder holds the lease");
+    assert!(w.state.findings().is_empty(), "{:?}", w.state.findings());
+    assert_eq!(
+        w.metric(
+            "credwatch_kinesis_records_total",
+            &format!("shard=\"{stolen}\"")
+        ),
+        records_before,
+        "no record of the stolen shard read"
+    );
+    let l = leases(&db).await;
+    assert_eq!(owner(&l[&stolen]).as_deref(), Some("intruder"));
+    assert_eq!(
+        l[&stolen]["checkpoint"], checkpoint_before,
+        "no checkpoint over the intruder's"
+    );
+
+    // The intruder stops renewing: its lease expires and the worker takes it back, reading from
+    // the lease's checkpoint, so the session is found.
+    renewing.abort();
+    wait_until(
+        "the finding once the lease is back",
+        Duration::from_secs(30),
+        &[&w],
+        async || {
+            let f = w.state.findings();
+            if f.iter().any(|f| f["session"] == s.name()) {
+                Ok(())
+            } else {
+                Err(format!("{} findings", f.len()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(owner(&leases(&db).await[&stolen]).as_deref(), Some("solo"));
+    assert_eq!(
+        w.metric("credwatch_lease_events_total", "event=\"taken\""),
+        3.0
+    );
+}
