@@ -518,6 +518,24 @@ mod tests {
                 "[kinesis]\nstart_position = \"EARLIEST\"\n",
                 "start_position",
             ),
+            ("[coordination]\nbackend = \"zookeeper\"\n", "backend"),
+            (
+                "[coordination]\nbackend = \"dynamodb\"\nlease_table = \"a b\"\n",
+                "coordination.lease_table",
+            ),
+            (
+                "[coordination]\nbackend = \"dynamodb\"\nstate_table = \"x\"\n",
+                "coordination.state_table",
+            ),
+            (
+                "[coordination]\nbackend = \"dynamodb\"\nlease_table = \"tab1\"\nstate_table = \"tab1\"\n",
+                "coordination.state_table",
+            ),
+            (
+                "[coordination]\nbackend = \"dynamodb\"\nlease_duration_secs = 1\n",
+                "coordination.lease_duration_secs",
+            ),
+            ("[coordination]\nworker_id = \" \"\n", "coordination.worker_id"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml_str(text).unwrap_err().to_string();
