@@ -623,3 +623,117 @@ async fn a_worker_that_loses_a_lease_stops_reading_the_shard_until_it_takes_it_b
         3.0
     );
 }
+
+/// The state table's conditional writes, against moto's DynamoDB, one call at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_table_keeps_the_earliest_origin_claims_once_and_shares_control_events() {
+    use credwatch::coord::dynamo::{CallCounts, StateTable};
+    use credwatch::engine::store::{HomeEvidence, HomeTag};
+    let moto = MotoServer::start_serial();
+    let table = StateTable::open(
+        dynamodb(&moto).await,
+        "state-unit",
+        true,
+        std::sync::Arc::new(CallCounts::default()),
+    )
+    .await
+    .expect("state table created");
+    let home = |origin: &str, id: &str, time: i64| HomeEvidence {
+        tag: HomeTag::PublicV4,
+        origin: origin.into(),
+        event_id: id.into(),
+        time,
+        user_agent: "aws-cli/2".into(),
+        class: 0,
+        expires: 10_000,
+    };
+    let (a, b, c) = (
+        home("54.1.1.1", "e-a", 100),
+        home("203.0.113.9", "e-b", 160),
+        home("198.51.100.4", "e-c", 40),
+    );
+    let p = table.propose("s1", &a, false).await.unwrap();
+    assert!(p.won && p.previous.is_none(), "{p:?}");
+    let p = table.propose("s1", &b, false).await.unwrap();
+    assert!(!p.won, "a later origin does not win: {p:?}");
+    assert_eq!(p.current, a);
+    let p = table.propose("s1", &c, false).await.unwrap();
+    assert!(p.won, "an earlier origin wins: {p:?}");
+    assert_eq!(
+        p.previous.as_ref(),
+        Some(&a),
+        "and names the origin it displaced"
+    );
+    // The same event again (read again by the shard's next owner): answered as the first time.
+    let p = table.propose("s1", &c, false).await.unwrap();
+    assert!(p.won && p.previous.as_ref() == Some(&a), "{p:?}");
+    // A Lambda runtime home is never displaced by an outside origin, and displaces one.
+    let runtime = HomeEvidence {
+        tag: HomeTag::LambdaRuntime,
+        origin: "lambda-runtime".into(),
+        ..home("", "e-r", 500)
+    };
+    let p = table.propose("s1", &runtime, true).await.unwrap();
+    assert!(p.won, "{p:?}");
+    let p = table
+        .propose("s1", &home("54.2.2.2", "e-d", 1), false)
+        .await
+        .unwrap();
+    assert!(!p.won && p.current.tag == HomeTag::LambdaRuntime, "{p:?}");
+    // An expired session starts over.
+    let late = home("54.3.3.3", "e-late", 20_000);
+    assert!(table.propose("s1", &late, false).await.unwrap().won);
+
+    // Claims: once per key; again after `until` has passed.
+    assert!(table
+        .claim("d#k", 1000, 100, "w1", "shard-1@5#0")
+        .await
+        .unwrap());
+    assert!(!table
+        .claim("d#k", 1000, 200, "w2", "shard-2@9#0")
+        .await
+        .unwrap());
+    assert!(table
+        .claim("d#k", 3000, 1500, "w2", "shard-2@9#0")
+        .await
+        .unwrap());
+    // The same event read again by another worker, never marked reported: taken over after the
+    // patience; once marked reported, never.
+    let mut patient = StateTable::open(
+        dynamodb(&moto).await,
+        "state-unit",
+        false,
+        std::sync::Arc::new(CallCounts::default()),
+    )
+    .await
+    .unwrap();
+    patient.claim_patience = Duration::from_millis(300);
+    assert!(patient
+        .claim("f#x", i64::MAX, 1, "w1", "shard-1@7#0")
+        .await
+        .unwrap());
+    let waited = Instant::now();
+    assert!(patient
+        .claim("f#x", i64::MAX, 1, "w3", "shard-1@7#0")
+        .await
+        .unwrap());
+    assert!(waited.elapsed() >= Duration::from_millis(300));
+    patient.mark_reported("f#x", "w3").await.unwrap();
+    assert!(!patient
+        .claim("f#x", i64::MAX, 1, "w1", "shard-1@7#0")
+        .await
+        .unwrap());
+
+    // The control-plane log: in order, from any position.
+    for i in 0..3 {
+        table
+            .publish_control(&format!("{{\"n\":{i}}}"))
+            .await
+            .unwrap();
+    }
+    let (all, at) = table.control_since(0).await.unwrap();
+    assert_eq!(all, vec!["{\"n\":0}", "{\"n\":1}", "{\"n\":2}"]);
+    assert_eq!(at, 3);
+    assert_eq!(table.control_since(3).await.unwrap(), (vec![], 3));
+    assert_eq!(table.control_since(2).await.unwrap().0, vec!["{\"n\":2}"]);
+}

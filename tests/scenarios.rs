@@ -830,9 +830,89 @@ fn an_unreachable_shared_store_leaves_the_decision_to_the_local_store() {
         s.authority_calls.load(std::sync::atomic::Ordering::Relaxed),
         2
     );
+    // Two proposals, and two reads of the shared control-plane log (an instance session's
+    // origin that no local credit explains), all failed.
     assert_eq!(
         s.authority_errors
             .load(std::sync::atomic::Ordering::Relaxed),
-        2
+        4
+    );
+}
+
+#[test]
+fn an_address_given_on_one_worker_explains_the_move_seen_on_another() {
+    let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
+    let workers: Vec<Engine> = (0..3)
+        .map(|_| Engine::new(&Config::default()).with_authority(auth.clone()))
+        .collect();
+    let pos = Position {
+        prefix: "test",
+        index: 0,
+    };
+    let run = |w: usize, e: &Ev| workers[w].process_json(&e.text(), pos).unwrap();
+    // The allocation, the association and the session's calls each reach a different worker.
+    assert!(run(0, &Ev::ec2("ASIA1", INST, HOME, T0)).is_empty());
+    assert!(run(
+        1,
+        &Ev::base(
+            "AllocateAddress",
+            "ec2.amazonaws.com",
+            T0 + 1,
+            "198.51.100.7"
+        )
+        .set(
+            "responseElements",
+            json!({"publicIp": EVIL, "allocationId": "eipalloc-1"})
+        )
+    )
+    .is_empty());
+    assert!(run(
+        2,
+        &Ev::base(
+            "AssociateAddress",
+            "ec2.amazonaws.com",
+            T0 + 2,
+            "198.51.100.7"
+        )
+        .set(
+            "requestParameters",
+            json!({"allocationId": "eipalloc-1", "instanceId": INST})
+        )
+    )
+    .is_empty());
+    let moved = run(0, &Ev::ec2("ASIA1", INST, EVIL, T0 + 60));
+    assert!(
+        moved.is_empty(),
+        "explained by the shared association: {moved:?}"
+    );
+    // A restart seen by another worker begins a new home too.
+    assert!(run(
+        1,
+        &Ev::base(
+            "StartInstances",
+            "ec2.amazonaws.com",
+            T0 + 100,
+            "198.51.100.7"
+        )
+        .set(
+            "requestParameters",
+            json!({"instancesSet": {"items": [{"instanceId": INST}]}})
+        )
+    )
+    .is_empty());
+    let after = run(2, &Ev::ec2("ASIA1", INST, "54.99.0.1", T0 + 160));
+    assert!(after.is_empty(), "a new home after the restart: {after:?}");
+    // Without the shared log, the same split reports the move.
+    let alone = Engine::new(&Config::default());
+    alone
+        .process_json(&Ev::ec2("ASIA2", INST, HOME, T0).text(), pos)
+        .unwrap();
+    assert_eq!(
+        rules(
+            &alone
+                .process_json(&Ev::ec2("ASIA2", INST, EVIL, T0 + 60).text(), pos)
+                .unwrap()
+        ),
+        vec!["session_token_reuse"]
     );
 }

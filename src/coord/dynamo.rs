@@ -21,6 +21,8 @@ type Item = HashMap<String, AttributeValue>;
 
 const LEASE_KEY: &str = "leaseKey";
 const STATE_KEY: &str = "pk";
+/// The control-plane log's entry counter.
+const CONTROL_HEAD: &str = "ec2log#head";
 /// The state table's TTL attribute (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "ttl";
 /// Items outlive the session they describe by this much before DynamoDB may delete them.
@@ -722,5 +724,74 @@ impl StateTable {
                 ))
             }
         }
+    }
+
+    /// Appends a control-plane event to the shared log: `ec2log#head` counts entries, entry `n`
+    /// is `ec2log#<n>`.
+    pub async fn publish_control(&self, json: &str) -> anyhow::Result<()> {
+        self.calls.state_writes.fetch_add(2, Relaxed);
+        let head = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(STATE_KEY, s(CONTROL_HEAD))
+            .update_expression("ADD n :one")
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| {
+                self.calls.errors.fetch_add(1, Relaxed);
+                anyhow::anyhow!("control log head in {}: {}", self.table, describe(&e))
+            })?;
+        let idx = head
+            .attributes()
+            .and_then(|a| get_n(a, "n"))
+            .ok_or_else(|| anyhow::anyhow!("control log head without n"))?;
+        let ttl = chrono::Utc::now().timestamp() + CLAIM_TTL_SECS;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(STATE_KEY, s(&format!("ec2log#{idx}")))
+            .item("event", s(json))
+            .item(TTL_ATTRIBUTE, n(ttl))
+            .send()
+            .await
+            .map_err(|e| {
+                self.calls.errors.fetch_add(1, Relaxed);
+                anyhow::anyhow!("control log entry in {}: {}", self.table, describe(&e))
+            })?;
+        Ok(())
+    }
+
+    /// The control-plane events after entry `after`, and the last entry read. An entry whose
+    /// number is taken but which is not written yet is waited for briefly; one still missing
+    /// after that (its writer died between the two calls) is skipped.
+    pub async fn control_since(&self, after: u64) -> anyhow::Result<(Vec<String>, u64)> {
+        let head = match self.get_item(CONTROL_HEAD).await? {
+            Some(item) => get_n(&item, "n").unwrap_or(0) as u64,
+            None => 0,
+        };
+        let mut out = Vec::new();
+        let mut at = after;
+        while at < head {
+            let key = format!("ec2log#{}", at + 1);
+            let mut entry = None;
+            for attempt in 0..4 {
+                if let Some(item) = self.get_item(&key).await? {
+                    entry = Some(get_s(&item, "event").unwrap_or_default().to_string());
+                    break;
+                }
+                if attempt < 3 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            match entry {
+                Some(e) => out.push(e),
+                None => tracing::warn!(entry = %key, "control log entry missing; skipped"),
+            }
+            at += 1;
+        }
+        Ok((out, at))
     }
 }

@@ -44,6 +44,16 @@ impl Authority for SharedState {
         })
         .map_err(|e| format!("{e:#}"))
     }
+
+    fn publish_control(&self, json: &str) -> Result<(), String> {
+        tokio::task::block_in_place(|| self.handle.block_on(self.table.publish_control(json)))
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn control_since(&self, after: u64) -> Result<(Vec<String>, u64), String> {
+        tokio::task::block_in_place(|| self.handle.block_on(self.table.control_since(after)))
+            .map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// The state table's conditional write, in memory: the reference model of the protocol, for
@@ -55,6 +65,7 @@ pub struct MemoryAuthority {
         std::sync::Mutex<std::collections::HashMap<String, (HomeEvidence, Option<HomeEvidence>)>>,
     /// When set, every call fails (an unreachable table).
     pub down: std::sync::atomic::AtomicBool,
+    control: std::sync::Mutex<Vec<String>>,
 }
 
 impl Authority for MemoryAuthority {
@@ -98,5 +109,25 @@ impl Authority for MemoryAuthority {
             current,
             previous: if again { prev } else { None },
         })
+    }
+
+    fn publish_control(&self, json: &str) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("state table unreachable".into());
+        }
+        self.control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(json.to_string());
+        Ok(())
+    }
+
+    fn control_since(&self, after: u64) -> Result<(Vec<String>, u64), String> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("state table unreachable".into());
+        }
+        let log = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let from = (after as usize).min(log.len());
+        Ok((log[from..].to_vec(), log.len() as u64))
     }
 }

@@ -92,6 +92,13 @@ pub trait Authority: Send + Sync {
         home: &store::HomeEvidence,
         runtime_wins: bool,
     ) -> Result<crate::coord::dynamo::Proposed, String>;
+
+    /// Shares a successful EC2 control-plane event the instance book learns from (address
+    /// credits, restarts), so that every worker's book learns it.
+    fn publish_control(&self, json: &str) -> Result<(), String>;
+
+    /// The shared control-plane events after position `after`, and the position reached.
+    fn control_since(&self, after: u64) -> Result<(Vec<String>, u64), String>;
 }
 
 /// Counters the engine keeps; the metrics layer reads them.
@@ -148,6 +155,10 @@ pub struct Engine {
     watermark: AtomicI64,
     pub stats: EngineStats,
     pub(crate) authority: Option<std::sync::Arc<dyn Authority>>,
+    /// How far this engine has read the shared control-plane log. No lock: two catch-ups at once
+    /// may read the same entries, which the book applies idempotently. (A lock held across the
+    /// remote read would park runtime threads that the read itself needs.)
+    control_cursor: AtomicU64,
 }
 
 impl Engine {
@@ -173,6 +184,7 @@ impl Engine {
             watermark: AtomicI64::new(0),
             stats: EngineStats::default(),
             authority: None,
+            control_cursor: AtomicU64::new(0),
         }
     }
 
@@ -189,7 +201,40 @@ impl Engine {
     /// Parses and processes one event's JSON text.
     pub fn process_json(&self, json: &str, pos: Position<'_>) -> Result<Vec<Finding>, EventError> {
         let ev = CloudTrailEvent::parse(json)?;
-        self.process(&ev, pos)
+        let out = self.process(&ev, pos)?;
+        if let Some(a) = &self.authority {
+            if instances::is_relevant(ev.event_name()) && ev.succeeded() {
+                if let Err(e) = a.publish_control(json) {
+                    self.stats.authority_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, event = ev.event_id(), "could not share a control-plane event");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the control-plane events other workers shared since the last call into the
+    /// instance book. Returns how many were read. Without an authority, nothing to do.
+    pub fn sync_control(&self) -> usize {
+        let Some(a) = &self.authority else { return 0 };
+        let (events, next) = match a.control_since(self.control_cursor.load(Relaxed)) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.authority_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "could not read shared control-plane events");
+                return 0;
+            }
+        };
+        self.control_cursor.fetch_max(next, Relaxed);
+        for json in &events {
+            // Applying an event twice (also one this worker shared) changes nothing.
+            if let Ok(ev) = CloudTrailEvent::parse(json) {
+                if let Ok(t) = ev.time_secs() {
+                    self.instances.observe(&ev, t);
+                }
+            }
+        }
+        events.len()
     }
 
     /// Processes one event; returns its findings (usually none).

@@ -155,6 +155,9 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
             _ = shared.shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 renew_all(&shared, &c, &mut held, now()).await;
+                // Keep the instance book up to date with what other workers shared.
+                let engine = shared.engine.clone();
+                tokio::task::block_in_place(|| engine.sync_control());
                 let leases = match c.leases.scan().await {
                     Ok(l) => l,
                     Err(e) => {

@@ -189,7 +189,19 @@ pub(crate) fn check(
         return;
     }
     if cred.instance_id.is_some() {
-        let credit = e.credit_check(cred, addr);
+        let mut credit = e.credit_check(cred, addr);
+        // With several workers, the call that gave the address (or restarted the instance) may
+        // have been read by another: catch up on what they shared before calling it a second
+        // origin.
+        if !credit.applied && e.authority.is_some() {
+            let at_home = e
+                .store
+                .peek(key)
+                .is_some_and(|s| (s.expires as i64) < t || e.store.same_home(&s, tag, &value));
+            if !at_home && e.sync_control() > 0 {
+                credit = e.credit_check(cred, addr);
+            }
+        }
         if credit.applied {
             e.stats.explained(Explanation::InstanceAddress);
             e.store

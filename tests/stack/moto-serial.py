@@ -19,7 +19,18 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 
+
+
+class OneRequestPerConnection(MotoRequestHandler):
+    """HTTP/1.0: the connection closes after each answer. With keep-alive, a client holding an
+    idle pooled connection would block this one-at-a-time server for everyone else. The timeout
+    drops a connection that sends nothing."""
+
+    protocol_version = "HTTP/1.0"
+    timeout = 5
+
+
 port = int(sys.argv[1])
 os.environ.setdefault("MOTO_PORT", str(port))
 app = DomainDispatcherApplication(create_backend_app)
-run_simple("127.0.0.1", port, app, threaded=False, request_handler=MotoRequestHandler)
+run_simple("127.0.0.1", port, app, threaded=False, request_handler=OneRequestPerConnection)
