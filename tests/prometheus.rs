@@ -57,6 +57,12 @@ const QUIET_ALERTS: &[(&str, &str)] = &[
         "CredwatchCheckpointStale",
         "credwatch_checkpoint_age_seconds",
     ),
+    // One process, embedded backend: no lease changes hands, DynamoDB is not used.
+    (
+        "CredwatchLeaseChurn",
+        r#"credwatch_lease_events_total{event="lost"}"#,
+    ),
+    ("CredwatchDynamoDBErrors", "credwatch_dynamodb_errors_total"),
 ];
 
 fn repo() -> &'static Path {

@@ -269,6 +269,7 @@ async fn renew_all(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let mut lost = Vec::new();
+    let mut failed = false;
     for (key, h) in held.iter_mut() {
         let position = positions
             .get(key)
@@ -285,11 +286,34 @@ async fn renew_all(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String
                 h.renewed_at = now;
                 if let Some(cp) = position {
                     h.checkpoint = cp;
+                    shared
+                        .metrics
+                        .checkpoint_writes
+                        .with_label_values(&["ok"])
+                        .inc();
                 }
             }
-            r if lease::must_stop(r, now - h.renewed_at, duration) => lost.push(key.clone()),
-            _ => {}
+            r => {
+                failed = true;
+                if position.is_some() {
+                    shared
+                        .metrics
+                        .checkpoint_writes
+                        .with_label_values(&["error"])
+                        .inc();
+                }
+                if lease::must_stop(r, now - h.renewed_at, duration) {
+                    lost.push(key.clone());
+                }
+            }
         }
+    }
+    // Every held shard's position is in its lease item: that is this backend's checkpoint.
+    if !failed {
+        shared
+            .metrics
+            .last_checkpoint_unix
+            .store(chrono::Utc::now().timestamp(), Relaxed);
     }
     for key in lost {
         if let Some(h) = held.remove(&key) {
