@@ -240,6 +240,28 @@ fn counts(findings: &[(String, Value)]) -> BTreeMap<String, usize> {
     m
 }
 
+/// Waits until every session of `sessions` has a finding in some worker's file, watches 3 s
+/// more, and checks that no session was reported twice; returns every finding.
+async fn found_once(what: &str, sessions: &[Session], workers: &[&Worker]) -> Vec<(String, Value)> {
+    let want: BTreeSet<String> = sessions.iter().map(Session::name).collect();
+    wait_until(what, Duration::from_secs(60), workers, async || {
+        let got: BTreeSet<String> = counts(&all_findings(workers)).keys().cloned().collect();
+        let missing: Vec<&String> = want.difference(&got).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let found = all_findings(workers);
+    for (session, n) in counts(&found) {
+        assert_eq!(n, 1, "{session} reported {n} times ({what}): {found:?}");
+    }
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_eight_shards_report_each_session_once_and_survive_kill9() {
     let moto = MotoServer::start_serial();
@@ -296,30 +318,7 @@ async fn three_workers_share_eight_shards_report_each_session_once_and_survive_k
         events.push((shard_of(b, i), s.second()));
     }
     put_to_shards(&moto, stream, &keys, &events).await;
-    let want: BTreeSet<String> = first.iter().map(Session::name).collect();
-    wait_until(
-        "a finding for each split session",
-        Duration::from_secs(60),
-        &[&w1, &w2, &w3],
-        async || {
-            let c = counts(&all_findings(&[&w1, &w2, &w3]));
-            let got: BTreeSet<String> = c.keys().cloned().collect();
-            if want.is_subset(&got) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "missing {:?}",
-                    want.difference(&got).collect::<Vec<_>>()
-                ))
-            }
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let found = all_findings(&[&w1, &w2, &w3]);
-    for (session, n) in counts(&found) {
-        assert_eq!(n, 1, "{session} reported {n} times: {found:?}");
-    }
+    let found = found_once("a finding for each split session", &first, &[&w1, &w2, &w3]).await;
     for s in &first {
         let (_, f) = found
             .iter()
@@ -406,33 +405,12 @@ async fn three_workers_share_eight_shards_report_each_session_once_and_survive_k
     // third of it. Allow that, one more tick, and a second of scheduling on a busy machine.
     let bound = Duration::from_secs_f64(LEASE_SECS as f64 * (1.0 + 2.0 / 3.0) + 1.0);
     assert!(took <= bound, "takeover took {took:?} (bound {bound:?})");
-    let want: BTreeSet<String> = second.iter().map(Session::name).collect();
-    wait_until(
+    let found = found_once(
         "every session after the kill found",
-        Duration::from_secs(60),
+        &second,
         &[&w1, &w2, &w3],
-        async || {
-            let c = counts(&all_findings(&[&w1, &w2, &w3]));
-            let got: BTreeSet<String> = c.keys().cloned().collect();
-            if want.is_subset(&got) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "missing {:?}",
-                    want.difference(&got).collect::<Vec<_>>()
-                ))
-            }
-        },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let found = all_findings(&[&w1, &w2, &w3]);
-    for (session, n) in counts(&found) {
-        assert_eq!(
-            n, 1,
-            "{session} reported {n} times after the takeover: {found:?}"
-        );
-    }
     assert_eq!(counts(&found).len(), 24);
 
     // SIGTERM of w2: it checkpoints and releases its leases, and w3 takes them all at once

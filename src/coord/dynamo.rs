@@ -43,6 +43,38 @@ pub struct CallCounts {
     pub errors: AtomicU64,
 }
 
+/// A conditional write's outcome when it did not fail for another reason.
+enum Written<T, E> {
+    Yes(T),
+    /// The condition failed: a race decided by DynamoDB (the error carries the item, when asked).
+    ConditionFailed(Box<SdkError<E>>),
+}
+
+impl CallCounts {
+    /// Sorts a conditional write's result and counts it; any failure but the condition's is an
+    /// error naming `what`.
+    fn conditional<T, E>(
+        &self,
+        res: Result<T, SdkError<E>>,
+        what: impl FnOnce() -> String,
+    ) -> anyhow::Result<Written<T, E>>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match res {
+            Ok(out) => Ok(Written::Yes(out)),
+            Err(e) if is_conditional_failure(&e) => {
+                self.conditional_failures.fetch_add(1, Relaxed);
+                Ok(Written::ConditionFailed(Box::new(e)))
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Relaxed);
+                Err(anyhow::anyhow!("{}: {}", what(), describe(&e)))
+            }
+        }
+    }
+}
+
 fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
     DisplayErrorContext(e).to_string()
 }
@@ -236,22 +268,11 @@ impl LeaseTable {
             .condition_expression("attribute_not_exists(leaseKey)")
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => {
-                self.calls.conditional_failures.fetch_add(1, Relaxed);
-                Ok(false)
-            }
-            Err(e) => {
-                self.calls.errors.fetch_add(1, Relaxed);
-                Err(anyhow::anyhow!(
-                    "creating lease {} in {}: {}",
-                    l.key,
-                    self.table,
-                    describe(&e)
-                ))
-            }
-        }
+        let what = || format!("creating lease {} in {}", l.key, self.table);
+        Ok(matches!(
+            self.calls.conditional(res, what)?,
+            Written::Yes(_)
+        ))
     }
 
     /// One conditional UpdateItem on `leaseCounter` (and the owner, for renewals and
@@ -275,21 +296,16 @@ impl LeaseTable {
         for (k, v) in values {
             req = req.expression_attribute_values(k, v);
         }
-        match req.send().await {
-            Ok(out) => {
-                let counter = out
-                    .attributes()
+        let what = || format!("lease {key} in {}", self.table);
+        match self.calls.conditional(req.send().await, what) {
+            Ok(Written::Yes(out)) => Renewal::Renewed(
+                out.attributes()
                     .and_then(|a| get_n(a, "leaseCounter"))
-                    .unwrap_or(0) as u64;
-                Renewal::Renewed(counter)
-            }
-            Err(e) if is_conditional_failure(&e) => {
-                self.calls.conditional_failures.fetch_add(1, Relaxed);
-                Renewal::Lost
-            }
+                    .unwrap_or(0) as u64,
+            ),
+            Ok(Written::ConditionFailed(_)) => Renewal::Lost,
             Err(e) => {
-                self.calls.errors.fetch_add(1, Relaxed);
-                tracing::warn!(lease = key, error = %describe(&e), "lease write failed");
+                tracing::warn!(error = %e, "lease write failed");
                 Renewal::Failed
             }
         }
@@ -313,49 +329,55 @@ impl LeaseTable {
         .await
     }
 
-    /// Renews a held lease.
-    pub async fn renew(&self, key: &str, counter: u64, me: &str) -> Renewal {
+    /// A write to a lease this worker holds (read at `counter`), bumping the counter.
+    async fn held(
+        &self,
+        key: &str,
+        counter: u64,
+        me: &str,
+        expression: &str,
+        mut values: Vec<(&str, AttributeValue)>,
+    ) -> Renewal {
+        values.extend([
+            (":me", s(me)),
+            (":c", n(counter)),
+            (":next", n(counter + 1)),
+        ]);
         self.update(
             key,
-            "SET leaseCounter = :next",
+            expression,
             "leaseCounter = :c AND leaseOwner = :me",
-            vec![
-                (":me", s(me)),
-                (":c", n(counter)),
-                (":next", n(counter + 1)),
-            ],
+            values,
         )
         .await
     }
 
+    /// Renews a held lease.
+    pub async fn renew(&self, key: &str, counter: u64, me: &str) -> Renewal {
+        self.held(key, counter, me, "SET leaseCounter = :next", vec![])
+            .await
+    }
+
     /// Writes a checkpoint into a held lease (which renews it too).
     pub async fn checkpoint(&self, key: &str, counter: u64, me: &str, checkpoint: &str) -> Renewal {
-        self.update(
+        self.held(
             key,
+            counter,
+            me,
             "SET leaseCounter = :next, checkpoint = :cp, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero",
-            "leaseCounter = :c AND leaseOwner = :me",
-            vec![
-                (":me", s(me)),
-                (":c", n(counter)),
-                (":next", n(counter + 1)),
-                (":cp", s(checkpoint)),
-                (":zero", n(0)),
-            ],
+            vec![(":cp", s(checkpoint)), (":zero", n(0))],
         )
         .await
     }
 
     /// Gives a held lease up (at shutdown) so another worker can take it at once.
     pub async fn release(&self, key: &str, counter: u64, me: &str) -> Renewal {
-        self.update(
+        self.held(
             key,
+            counter,
+            me,
             "REMOVE leaseOwner SET leaseCounter = :next",
-            "leaseCounter = :c AND leaseOwner = :me",
-            vec![
-                (":me", s(me)),
-                (":c", n(counter)),
-                (":next", n(counter + 1)),
-            ],
+            vec![],
         )
         .await
     }
@@ -498,56 +520,53 @@ impl StateTable {
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         self.calls.state_writes.fetch_add(1, Relaxed);
-        match req.send().await {
-            Ok(out) => Ok(Proposed {
-                won: true,
-                current: home.clone(),
-                previous: out.attributes().and_then(|a| home_from(a, "")),
-            }),
-            Err(e) if is_conditional_failure(&e) => {
-                self.calls.conditional_failures.fetch_add(1, Relaxed);
-                let returned = match e.as_service_error() {
-                    Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
-                        c.item().cloned()
-                    }
-                    _ => None,
-                };
-                let item = match returned {
-                    Some(i) => i,
-                    // Not every implementation returns the item with the failure: read it.
-                    None => self
-                        .get_item(&format!("s#{session}"))
-                        .await?
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("session {session}: condition failed but no item")
-                        })?,
-                };
-                let current = home_from(&item, "").ok_or_else(|| {
-                    anyhow::anyhow!("session {session}: the state item has no home")
-                })?;
-                // This very event is the home already: the proposal was made before (by a
-                // worker that may not have reported the pair), so answer as it was answered.
-                if current.event_id == home.event_id && current.time == home.time {
-                    return Ok(Proposed {
-                        won: true,
-                        current,
-                        previous: home_from(&item, "prev"),
-                    });
-                }
-                Ok(Proposed {
-                    won: false,
-                    current,
-                    previous: None,
+        let what = || format!("proposing a first origin in {}", self.table);
+        let e = match self.calls.conditional(req.send().await, what)? {
+            Written::Yes(out) => {
+                return Ok(Proposed {
+                    won: true,
+                    current: home.clone(),
+                    previous: out.attributes().and_then(|a| home_from(a, "")),
                 })
             }
-            Err(e) => {
-                self.calls.errors.fetch_add(1, Relaxed);
-                Err(anyhow::anyhow!(
-                    "proposing a first origin in {}: {}",
-                    self.table,
-                    describe(&e)
-                ))
+            Written::ConditionFailed(e) => e,
+        };
+        let returned = match e.as_service_error() {
+            Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                c.item().cloned()
             }
+            _ => None,
+        };
+        let pk = format!("s#{session}");
+        let item = self
+            .returned_or_read(returned, &pk)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("session {session}: condition failed but no item"))?;
+        let current = home_from(&item, "")
+            .ok_or_else(|| anyhow::anyhow!("session {session}: the state item has no home"))?;
+        // This very event is the home already: the proposal was made before (by a worker that
+        // may not have reported the pair), so answer as it was answered.
+        let again = current.event_id == home.event_id && current.time == home.time;
+        Ok(Proposed {
+            won: again,
+            previous: if again {
+                home_from(&item, "prev")
+            } else {
+                None
+            },
+            current,
+        })
+    }
+
+    /// The item a failed condition returned, else (not every implementation returns it) read.
+    async fn returned_or_read(
+        &self,
+        returned: Option<Item>,
+        pk: &str,
+    ) -> anyhow::Result<Option<Item>> {
+        match returned {
+            Some(i) => Ok(Some(i)),
+            None => self.get_item(pk).await,
         }
     }
 
@@ -608,29 +627,18 @@ impl StateTable {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        let err = match res {
-            Ok(_) => return Ok(true),
-            Err(e) => e,
+        let what = || format!("claiming finding {key} in {}", self.table);
+        let err = match self.calls.conditional(res, what)? {
+            Written::Yes(_) => return Ok(true),
+            Written::ConditionFailed(e) => e,
         };
-        if !is_conditional_failure(&err) {
-            self.calls.errors.fetch_add(1, Relaxed);
-            anyhow::bail!(
-                "claiming finding {key} in {}: {}",
-                self.table,
-                describe(&err)
-            );
-        }
-        self.calls.conditional_failures.fetch_add(1, Relaxed);
         let returned = match err.as_service_error() {
             Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
                 c.item().cloned()
             }
             _ => None,
         };
-        let mut item = match returned {
-            Some(i) => Some(i),
-            None => self.get_item(key).await?,
-        };
+        let mut item = self.returned_or_read(returned, key).await?;
         // Claimed from this very event and not yet marked reported: either the claimer is
         // writing it now (a worker that lost the shard's lease and has not noticed yet), or it
         // died before reporting. Wait for the mark, up to a lease duration, before taking over.
@@ -709,21 +717,8 @@ impl StateTable {
             .expression_attribute_values(":written", s("reported"))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => {
-                self.calls.conditional_failures.fetch_add(1, Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                self.calls.errors.fetch_add(1, Relaxed);
-                Err(anyhow::anyhow!(
-                    "marking claim {key} reported in {}: {}",
-                    self.table,
-                    describe(&e)
-                ))
-            }
-        }
+        let what = || format!("marking claim {key} reported in {}", self.table);
+        self.calls.conditional(res, what).map(|_| ())
     }
 
     /// Appends a control-plane event to the shared log: `ec2log#head` counts entries, entry `n`

@@ -29,6 +29,16 @@ impl SharedState {
         }
         Ok(SharedState { table, handle })
     }
+
+    /// Runs one call to the table from the engine's synchronous code: this runtime thread
+    /// hands its work to another while it waits. Never call it holding a lock that runtime
+    /// threads may wait on.
+    fn wait<T>(
+        &self,
+        call: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> Result<T, String> {
+        tokio::task::block_in_place(|| self.handle.block_on(call)).map_err(|e| format!("{e:#}"))
+    }
 }
 
 impl Authority for SharedState {
@@ -38,21 +48,15 @@ impl Authority for SharedState {
         home: &HomeEvidence,
         runtime_wins: bool,
     ) -> Result<Proposed, String> {
-        tokio::task::block_in_place(|| {
-            self.handle
-                .block_on(self.table.propose(session, home, runtime_wins))
-        })
-        .map_err(|e| format!("{e:#}"))
+        self.wait(self.table.propose(session, home, runtime_wins))
     }
 
     fn publish_control(&self, json: &str) -> Result<(), String> {
-        tokio::task::block_in_place(|| self.handle.block_on(self.table.publish_control(json)))
-            .map_err(|e| format!("{e:#}"))
+        self.wait(self.table.publish_control(json))
     }
 
     fn control_since(&self, after: u64) -> Result<(Vec<String>, u64), String> {
-        tokio::task::block_in_place(|| self.handle.block_on(self.table.control_since(after)))
-            .map_err(|e| format!("{e:#}"))
+        self.wait(self.table.control_since(after))
     }
 }
 
@@ -68,6 +72,15 @@ pub struct MemoryAuthority {
     control: std::sync::Mutex<Vec<String>>,
 }
 
+impl MemoryAuthority {
+    fn reachable(&self) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("state table unreachable".into());
+        }
+        Ok(())
+    }
+}
+
 impl Authority for MemoryAuthority {
     fn propose(
         &self,
@@ -75,9 +88,7 @@ impl Authority for MemoryAuthority {
         home: &HomeEvidence,
         runtime_wins: bool,
     ) -> Result<Proposed, String> {
-        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err("state table unreachable".into());
-        }
+        self.reachable()?;
         let mut homes = self.homes.lock().unwrap_or_else(|p| p.into_inner());
         let entry = homes.get(session).cloned();
         let cur = entry.as_ref().map(|(h, _)| h.clone());
@@ -112,9 +123,7 @@ impl Authority for MemoryAuthority {
     }
 
     fn publish_control(&self, json: &str) -> Result<(), String> {
-        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err("state table unreachable".into());
-        }
+        self.reachable()?;
         self.control
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -123,9 +132,7 @@ impl Authority for MemoryAuthority {
     }
 
     fn control_since(&self, after: u64) -> Result<(Vec<String>, u64), String> {
-        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err("state table unreachable".into());
-        }
+        self.reachable()?;
         let log = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let from = (after as usize).min(log.len());
         Ok((log[from..].to_vec(), log.len() as u64))

@@ -109,14 +109,7 @@ fn start_of(checkpoint: &str, shared: &Shared) -> Start {
     match checkpoint {
         lease::TRIM_HORIZON => Start::TrimHorizon,
         lease::LATEST => Start::Latest,
-        lease::AT_TIMESTAMP => Start::AtTimestamp(
-            shared
-                .kinesis
-                .start_timestamp
-                .as_deref()
-                .and_then(crate::event::parse_time)
-                .unwrap_or(0),
-        ),
+        lease::AT_TIMESTAMP => super::at_timestamp(&shared.kinesis),
         other => match SequenceNumber::parse(other) {
             Some(seq) => Start::After(seq),
             None => {

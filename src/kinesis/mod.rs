@@ -73,6 +73,16 @@ pub(crate) enum ShardExit {
     Shutdown,
 }
 
+/// `kinesis.start_timestamp` as a start (validated with the config).
+pub(crate) fn at_timestamp(k: &KinesisConfig) -> Start {
+    Start::AtTimestamp(
+        k.start_timestamp
+            .as_deref()
+            .and_then(crate::event::parse_time)
+            .unwrap_or(0),
+    )
+}
+
 /// Builds an SDK config from `[kinesis]` region and endpoint (else the default chain).
 pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
@@ -443,14 +453,7 @@ fn start_eligible(
             None => match shared.kinesis.start_position {
                 StartPosition::TrimHorizon => Start::TrimHorizon,
                 StartPosition::Latest => Start::Latest,
-                StartPosition::AtTimestamp => Start::AtTimestamp(
-                    shared
-                        .kinesis
-                        .start_timestamp
-                        .as_deref()
-                        .and_then(crate::event::parse_time)
-                        .unwrap_or(0),
-                ),
+                StartPosition::AtTimestamp => at_timestamp(&shared.kinesis),
             },
         };
         {
