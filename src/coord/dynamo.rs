@@ -678,28 +678,16 @@ impl StateTable {
             .expression_attribute_values(":old", s(old))
             .send()
             .await;
-        match res {
-            Ok(_) => {
-                tracing::info!(
-                    key,
-                    from = old,
-                    "took over a claim whose report was never marked"
-                );
-                Ok(true)
-            }
-            Err(e) if is_conditional_failure(&e) => {
-                self.calls.conditional_failures.fetch_add(1, Relaxed);
-                Ok(false)
-            }
-            Err(e) => {
-                self.calls.errors.fetch_add(1, Relaxed);
-                Err(anyhow::anyhow!(
-                    "taking over claim {key} in {}: {}",
-                    self.table,
-                    describe(&e)
-                ))
-            }
+        let what = || format!("taking over claim {key} in {}", self.table);
+        let taken = matches!(self.calls.conditional(res, what)?, Written::Yes(_));
+        if taken {
+            tracing::info!(
+                key,
+                from = old,
+                "took over a claim whose report was never marked"
+            );
         }
+        Ok(taken)
     }
 
     /// Marks a claim reported (its finding is written and spooled): no one takes it over.

@@ -303,15 +303,7 @@ fn consult(
     if local.is_some_and(|s| s.expires as i64 >= t && is_home(&s) && t >= s.first_time as i64) {
         return;
     }
-    let proposal = portable(&NewHome {
-        tag,
-        value,
-        event_id: ev.event_id(),
-        time: t,
-        expires,
-        user_agent: ev.user_agent(),
-        class: cred.class as u8,
-    });
+    let proposal = portable(&home_parts(ev, tag, value, t, expires, cred));
     e.stats
         .authority_calls
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -358,7 +350,20 @@ fn new_home(
     expires: i64,
     cred: &Credential<'_>,
 ) -> Session {
-    e.store.make_session(&NewHome {
+    e.store
+        .make_session(&home_parts(ev, tag, value, t, expires, cred))
+}
+
+/// This event as a session's first event.
+fn home_parts<'a>(
+    ev: &'a CloudTrailEvent<'_>,
+    tag: HomeTag,
+    value: Option<&'a HomeValue>,
+    t: i64,
+    expires: i64,
+    cred: &Credential<'_>,
+) -> NewHome<'a> {
+    NewHome {
         tag,
         value,
         event_id: ev.event_id(),
@@ -366,7 +371,7 @@ fn new_home(
         expires,
         user_agent: ev.user_agent(),
         class: cred.class as u8,
-    })
+    }
 }
 
 /// The fields every finding of a credential shares.
