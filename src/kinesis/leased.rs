@@ -215,22 +215,7 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
             }
         }
     }
-    shared.shutdown.cancel();
-    shared.metrics.ready.store(false, Relaxed);
-    let drain = async {
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok((shard_id, Err(e))) = joined {
-                tracing::error!(shard = %shard_id, error = %e, "shard task failed during shutdown");
-            }
-        }
-    };
-    if tokio::time::timeout(super::SHUTDOWN_DEADLINE, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("shard tasks did not stop within the deadline; aborting them");
-        tasks.abort_all();
-    }
+    super::stop_readers(&shared, &mut tasks).await;
     // Final checkpoints, then give the leases up. Not after a fatal error: its batch's
     // findings may be unwritten, so the next owner must read it again.
     if fatal.is_none() {

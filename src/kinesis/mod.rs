@@ -396,6 +396,19 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
             }
         }
     }
+    stop_readers(&shared, &mut tasks).await;
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Shutdown of the readers: stop, not ready, let them finish their batches for at most
+/// [`SHUTDOWN_DEADLINE`], then abort what is left.
+pub(crate) async fn stop_readers(
+    shared: &Shared,
+    tasks: &mut JoinSet<(String, anyhow::Result<ShardExit>)>,
+) {
     shared.shutdown.cancel();
     shared.metrics.ready.store(false, Relaxed);
     let drain = async {
@@ -411,10 +424,6 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
     {
         tracing::warn!("shard tasks did not stop within the deadline; aborting them");
         tasks.abort_all();
-    }
-    match fatal {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }
 
