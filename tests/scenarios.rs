@@ -830,12 +830,12 @@ fn an_unreachable_shared_store_leaves_the_decision_to_the_local_store() {
         s.authority_calls.load(std::sync::atomic::Ordering::Relaxed),
         2
     );
-    // Two proposals, and two reads of the shared control-plane log (an instance session's
-    // origin that no local credit explains), all failed.
+    // Two proposals, and one read of the shared control-plane log (before calling the second
+    // origin one), all failed.
     assert_eq!(
         s.authority_errors
             .load(std::sync::atomic::Ordering::Relaxed),
-        4
+        3
     );
 }
 

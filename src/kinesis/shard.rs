@@ -176,7 +176,7 @@ pub(crate) async fn read_shard(
                 .set(ms as f64 / 1000.0);
         }
         let records = resp.records();
-        if let Some(last) = process_batch(&shared, &shard_id, records, &mut scratch).await? {
+        if let Some(last) = process_batch(&shared, &shard_id, records, &mut scratch, &stop).await? {
             start = Start::After(last);
         }
         match resp.next_shard_iterator() {
@@ -199,29 +199,34 @@ pub(crate) async fn read_shard(
     }
 }
 
-/// Decodes and detects one batch, writes its dead letters and findings, then advances the
-/// shard's position. Returns the last sequence number of the batch.
+/// Decodes and detects one batch record by record: each record's dead letters and findings are
+/// written (claimed, spooled) before the shard's position moves past it, so a checkpoint taken
+/// mid-batch is exact. Stops at a record boundary when `stop` fires (shutdown, or the lease was
+/// lost: the next owner reads on from the checkpoint). Returns the last sequence number
+/// processed.
 async fn process_batch(
     shared: &Arc<Shared>,
     shard_id: &str,
     records: &[Record],
     scratch: &mut Scratch,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Option<SequenceNumber>> {
     if records.is_empty() {
         return Ok(None);
     }
     let m = &shared.metrics;
     let _gate = shared.gate.read().await;
-    let mut found: Vec<(Finding, Option<f64>)> = Vec::new();
-    let mut record_bad: Vec<(BadRecord, String, Option<&[u8]>)> = Vec::new();
-    let mut event_bad: Vec<(BadRecord, String)> = Vec::new();
     let mut last: Option<SequenceNumber> = None;
-    let mut events = 0u64;
-    let mut bytes = 0u64;
     for rec in records {
+        if stop.is_cancelled() {
+            break;
+        }
+        let mut found: Vec<(Finding, Option<f64>)> = Vec::new();
+        let mut record_bad: Vec<(BadRecord, String, Option<&[u8]>)> = Vec::new();
+        let mut event_bad: Vec<(BadRecord, String)> = Vec::new();
+        let mut events = 0u64;
         let seq = rec.sequence_number();
         let data = rec.data().as_ref();
-        bytes += data.len() as u64;
         let arrival = rec
             .approximate_arrival_timestamp()
             .map(|t| t.secs() as f64 + t.subsec_nanos() as f64 / 1e9);
@@ -245,19 +250,38 @@ async fn process_batch(
         if let Err(b) = result {
             record_bad.push((b, seq.to_string(), Some(data)));
         }
+        if !(found.is_empty() && record_bad.is_empty() && event_bad.is_empty()) {
+            emit(shared, shard_id, record_bad, event_bad, found).await?;
+        }
+        m.records.with_label_values(&[shard_id]).inc();
+        m.record_bytes
+            .with_label_values(&[shard_id])
+            .inc_by(data.len() as u64);
+        m.shard_events.with_label_values(&[shard_id]).inc_by(events);
         match SequenceNumber::parse(seq) {
-            Some(s) => last = Some(s),
+            Some(s) => {
+                let mut pos = shared.positions.lock().unwrap_or_else(|p| p.into_inner());
+                pos.entry(shard_id.to_string()).or_default().sequence_number = Some(s.clone());
+                last = Some(s);
+            }
             None => {
                 tracing::warn!(shard = %shard_id, sequence = %seq, "record with a malformed sequence number")
             }
         }
     }
-    m.records
-        .with_label_values(&[shard_id])
-        .inc_by(records.len() as u64);
-    m.record_bytes.with_label_values(&[shard_id]).inc_by(bytes);
-    m.shard_events.with_label_values(&[shard_id]).inc_by(events);
+    Ok(last)
+}
 
+/// Writes one record's dead letters, then its findings: claimed (several workers), written,
+/// spooled for escalation, marked reported, counted and logged.
+async fn emit(
+    shared: &Arc<Shared>,
+    shard_id: &str,
+    record_bad: Vec<(BadRecord, String, Option<&[u8]>)>,
+    event_bad: Vec<(BadRecord, String)>,
+    mut found: Vec<(Finding, Option<f64>)>,
+) -> anyhow::Result<()> {
+    let m = &shared.metrics;
     {
         let mut dl = shared
             .dead_letters
@@ -297,9 +321,9 @@ async fn process_batch(
             .unwrap_or_else(|p| p.into_inner())
             .write(&findings)
             .map_err(|e| anyhow::anyhow!("writing findings: {e}"))?;
-        // Spooled durably before the position below moves past these records. The whole batch,
-        // not only what the findings file took: after a crash between the two, the replay finds
-        // its findings already in the file, and the spool skips the ids it already holds.
+        // Spooled durably before the shard's position moves past this record. All of them, not
+        // only what the findings file took: after a crash between the two, the replay finds its
+        // findings already in the file, and the spool skips the ids it already holds.
         shared
             .escalator
             .submit(&findings)
@@ -331,9 +355,5 @@ async fn process_batch(
             );
         }
     }
-    if let Some(s) = &last {
-        let mut pos = shared.positions.lock().unwrap_or_else(|p| p.into_inner());
-        pos.entry(shard_id.to_string()).or_default().sequence_number = Some(s.clone());
-    }
-    Ok(last)
+    Ok(())
 }

@@ -188,29 +188,30 @@ pub(crate) fn check(
             .add_explained(key, origin.to_string(), allow.detail, expires);
         return;
     }
-    if cred.instance_id.is_some() {
-        let mut credit = e.credit_check(cred, addr);
-        // With several workers, the call that gave the address (or restarted the instance) may
-        // have been read by another: catch up on what they shared before calling it a second
-        // origin.
-        if !credit.applied && e.authority.is_some() {
-            let at_home = e
-                .store
-                .peek(key)
-                .is_some_and(|s| (s.expires as i64) < t || e.store.same_home(&s, tag, &value));
-            if !at_home && e.sync_control() > 0 {
-                credit = e.credit_check(cred, addr);
-            }
-        }
+    let credited = |e: &Engine| {
+        let credit = e.credit_check(cred, addr);
         if credit.applied {
             e.stats.explained(Explanation::InstanceAddress);
             e.store
                 .add_explained(key, origin.to_string(), credit.detail, expires);
+        }
+        credit.applied
+    };
+    if cred.instance_id.is_some() && credited(e) {
+        return;
+    }
+    consult(e, key, cred, ev, tag, Some(&value), t, expires);
+    // With several workers, the call that gave the address (or restarted the instance) may have
+    // been read by another: before calling this a second origin, catch up on what they shared.
+    if cred.instance_id.is_some() && e.authority.is_some() {
+        let candidate = e
+            .store
+            .peek(key)
+            .is_some_and(|s| s.expires as i64 >= t && !e.store.same_home(&s, tag, &value));
+        if candidate && e.sync_control() > 0 && credited(e) {
             return;
         }
     }
-
-    consult(e, key, cred, ev, tag, Some(&value), t, expires);
     let reset = cred
         .instance_id
         .as_deref()
