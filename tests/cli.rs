@@ -218,3 +218,28 @@ fn rules_lists_every_rule() {
         assert!(text.contains(id));
     }
 }
+
+#[test]
+fn run_rejects_a_blank_worker_id_and_bad_coordination_naming_the_option() {
+    let o = credwatch(&["run", "--stream", "s", "--worker-id", " "]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("coordination.worker_id"),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_credwatch"))
+        .args(["run", "--stream", "s"])
+        .env_remove("CREDWATCH_CONFIG")
+        .env("CREDWATCH_COORDINATION__BACKEND", "dynamodb")
+        .env("CREDWATCH_COORDINATION__LEASE_TABLE", "same")
+        .env("CREDWATCH_COORDINATION__STATE_TABLE", "same")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("coordination.state_table"),
+        "{}",
+        stderr(&o)
+    );
+}
