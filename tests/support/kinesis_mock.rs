@@ -11,12 +11,13 @@
 //! `server.json`); `loopback.cjs` (written by the install script) binds it to 127.0.0.1 only.
 //! Ready when `GET /healthcheck` answers 200.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use super::process::{give_up, launch, wait_ready, START_ATTEMPTS};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kinesis::config::Credentials;
@@ -29,7 +30,6 @@ pub const ACCOUNT_ID: &str = "000000000000";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
-const START_ATTEMPTS: usize = 3;
 
 /// A kinesis-mock server process, killed on drop.
 pub struct KinesisMock {
@@ -51,9 +51,8 @@ impl KinesisMock {
         for _ in 0..START_ATTEMPTS {
             let (port, tls_port) = two_free_ports();
             let log_path = dir.path().join(format!("kinesis-mock-{port}.log"));
-            let log = std::fs::File::create(&log_path).expect("create kinesis-mock log");
-            let mut child = Command::new("node")
-                .arg("--require")
+            let mut cmd = Command::new("node");
+            cmd.arg("--require")
                 .arg(pkg.join("loopback.cjs"))
                 .arg(pkg.join("main.js"))
                 .current_dir(dir.path())
@@ -65,13 +64,17 @@ impl KinesisMock {
                 .env("SHOULD_PERSIST_DATA", "false")
                 .env("LOAD_DATA_IF_EXISTS", "false")
                 .env_remove("INITIALIZE_STREAMS")
-                .env_remove("AWS_ACCOUNT_ID")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone kinesis-mock log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn node {}: {e}", pkg.display()));
-            match wait_ready(&mut child, port) {
+                .env_remove("AWS_ACCOUNT_ID");
+            let mut child = launch(&mut cmd, &log_path, "kinesis-mock");
+            let settle = Duration::from_millis(200);
+            match wait_ready(
+                &mut child,
+                port,
+                "/healthcheck",
+                settle,
+                READY_TIMEOUT,
+                "kinesis-mock",
+            ) {
                 Ok(()) => {
                     return KinesisMock {
                         child,
@@ -80,12 +83,7 @@ impl KinesisMock {
                         _dir: dir,
                     }
                 }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    last_error = format!("{e}\n--- kinesis-mock log ---\n{log}");
-                }
+                Err(e) => last_error = give_up(child, &log_path, "kinesis-mock", e),
             }
         }
         panic!("kinesis-mock did not start after {START_ATTEMPTS} attempts: {last_error}");
@@ -326,40 +324,4 @@ fn two_free_ports() -> (u16, u16) {
         a.local_addr().expect("local addr").port(),
         b.local_addr().expect("local addr").port(),
     )
-}
-
-/// Waits until the server at `port` answers `GET /healthcheck` with 200, while `child` runs.
-fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("kinesis-mock exited early: {status}"));
-        }
-        if http_get_ok(port) {
-            // Still ours? A server that lost the port race exits instead of serving.
-            std::thread::sleep(Duration::from_millis(200));
-            return match child.try_wait().map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(status) => Err(format!("kinesis-mock exited: {status}")),
-            };
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no answer on port {port} after {READY_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn http_get_ok(port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /healthcheck HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if conn.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    conn.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && head.ends_with(b"200")
 }

@@ -5,6 +5,7 @@
 
 pub mod kinesis_mock;
 pub mod moto;
+pub mod process;
 pub mod prometheus;
 pub mod receiver;
 pub mod run;

@@ -13,12 +13,12 @@
 //!   envelope is still sent, with fewer (possibly no) log events;
 //! - a closed shard never returns a null `NextShardIterator`.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use super::process::{free_port, give_up, launch, wait_ready, START_ATTEMPTS};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudwatchlogs::types::{Distribution, InputLogEvent};
@@ -35,7 +35,6 @@ pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/cwl-to-kinesis";
 pub const SUBSCRIPTION_FILTER: &str = "credwatch-to-kinesis";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const START_ATTEMPTS: usize = 3;
 
 /// A Kinesis record as read back: (shard id, sequence number, data).
 pub type StreamRecord = (String, String, Vec<u8>);
@@ -72,7 +71,6 @@ impl MotoServer {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let log_path = dir.path().join(format!("moto-{port}.log"));
-            let log = std::fs::File::create(&log_path).expect("create moto log");
             let mut cmd = if serial {
                 let python = bin.with_file_name("python");
                 let mut c = Command::new(python);
@@ -87,13 +85,15 @@ impl MotoServer {
                 c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
                 c
             };
-            let mut child = cmd
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone moto log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-            match wait_ready(&mut child, port) {
+            let mut child = launch(&mut cmd, &log_path, "moto server");
+            match wait_ready(
+                &mut child,
+                port,
+                "/moto-api/",
+                Duration::ZERO,
+                READY_TIMEOUT,
+                "moto server",
+            ) {
                 Ok(()) => {
                     return MotoServer {
                         child,
@@ -102,12 +102,7 @@ impl MotoServer {
                         _dir: dir,
                     }
                 }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    last_error = format!("{e}\n--- moto log ---\n{log}");
-                }
+                Err(e) => last_error = give_up(child, &log_path, "moto", e),
             }
         }
         panic!("moto server did not start after {START_ATTEMPTS} attempts: {last_error}");
@@ -393,47 +388,4 @@ fn moto_binary() -> &'static Path {
         );
         repo.join(".venv/bin/moto_server")
     })
-}
-
-/// A port that was free on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// Waits until the server at `port` answers `GET /moto-api/` with 200, while `child` runs.
-fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("moto server exited early: {status}"));
-        }
-        if http_get_ok(port) {
-            // Still ours? A server that lost the port race exits instead of serving.
-            return match child.try_wait().map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(status) => Err(format!("moto server exited: {status}")),
-            };
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no answer on port {port} after {READY_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn http_get_ok(port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if conn.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    conn.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && head.ends_with(b"200")
 }

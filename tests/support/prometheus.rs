@@ -6,7 +6,6 @@
 //! when needed: a test never skips for want of Prometheus.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -14,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::process::{give_up, launch, START_ATTEMPTS};
+
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const START_ATTEMPTS: usize = 3;
 
 /// The folder holding `prometheus` and `promtool`.
 pub fn prometheus_dir() -> &'static Path {
@@ -97,12 +97,7 @@ pub fn describe(out: &Output) -> String {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
+pub use super::process::free_port;
 
 /// An HTTP client for 127.0.0.1 only: never a proxy.
 pub fn http() -> reqwest::Client {
@@ -139,18 +134,13 @@ impl PrometheusServer {
         for attempt in 0..START_ATTEMPTS {
             let port = free_port();
             let log_path = dir.path().join(format!("prometheus-{port}.log"));
-            let log = std::fs::File::create(&log_path).expect("create prometheus log");
             let tsdb = dir.path().join(format!("tsdb-{attempt}"));
-            let mut child = Command::new(&bin)
-                .arg(format!("--config.file={}", config_path.display()))
+            let mut cmd = Command::new(&bin);
+            cmd.arg(format!("--config.file={}", config_path.display()))
                 .arg(format!("--storage.tsdb.path={}", tsdb.display()))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                .arg("--log.level=warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone prometheus log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+                .arg("--log.level=warn");
+            let mut child = launch(&mut cmd, &log_path, "prometheus");
             match wait_ready(&mut child, port).await {
                 Ok(()) => {
                     return PrometheusServer {
@@ -160,12 +150,7 @@ impl PrometheusServer {
                         _dir: dir,
                     }
                 }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    last_error = format!("{e}\n--- prometheus log ---\n{log}");
-                }
+                Err(e) => last_error = give_up(child, &log_path, "prometheus", e),
             }
         }
         panic!("prometheus did not start after {START_ATTEMPTS} attempts: {last_error}");
