@@ -217,6 +217,9 @@ async fn process_batch(
     let m = &shared.metrics;
     let _gate = shared.gate.read().await;
     let mut last: Option<SequenceNumber> = None;
+    // Counted once per batch (label lookups are not free); what was processed before an error
+    // is not counted, since the batch will be read again.
+    let (mut n_records, mut n_bytes, mut n_events) = (0u64, 0u64, 0u64);
     for rec in records {
         if stop.is_cancelled() {
             break;
@@ -253,11 +256,9 @@ async fn process_batch(
         if !(found.is_empty() && record_bad.is_empty() && event_bad.is_empty()) {
             emit(shared, shard_id, record_bad, event_bad, found).await?;
         }
-        m.records.with_label_values(&[shard_id]).inc();
-        m.record_bytes
-            .with_label_values(&[shard_id])
-            .inc_by(data.len() as u64);
-        m.shard_events.with_label_values(&[shard_id]).inc_by(events);
+        n_records += 1;
+        n_bytes += data.len() as u64;
+        n_events += events;
         match SequenceNumber::parse(seq) {
             Some(s) => {
                 let mut pos = shared.positions.lock().unwrap_or_else(|p| p.into_inner());
@@ -269,6 +270,13 @@ async fn process_batch(
             }
         }
     }
+    m.records.with_label_values(&[shard_id]).inc_by(n_records);
+    m.record_bytes
+        .with_label_values(&[shard_id])
+        .inc_by(n_bytes);
+    m.shard_events
+        .with_label_values(&[shard_id])
+        .inc_by(n_events);
     Ok(last)
 }
 
