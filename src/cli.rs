@@ -62,12 +62,9 @@ pub struct RunArgs {
     /// Kinesis data stream name (`kinesis.stream`).
     #[arg(long, env = "CREDWATCH_STREAM")]
     pub stream: Option<String>,
-    /// AWS region (`kinesis.region`).
-    #[arg(long, env = "CREDWATCH_REGION")]
-    pub region: Option<String>,
-    /// Endpoint URL, for an emulator (`kinesis.endpoint_url`).
-    #[arg(long, env = "CREDWATCH_ENDPOINT_URL")]
-    pub endpoint_url: Option<String>,
+    /// `--region` (`kinesis.region`) and `--endpoint-url` (`kinesis.endpoint_url`).
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// Findings as JSON lines (`output.findings_file`); default: standard output.
     #[arg(long, env = "CREDWATCH_FINDINGS_OUT")]
     pub findings_out: Option<PathBuf>,
@@ -84,6 +81,17 @@ pub struct RunArgs {
     /// (`coordination.worker_id`); default: host name and pid.
     #[arg(long, env = "CREDWATCH_WORKER_ID")]
     pub worker_id: Option<String>,
+}
+
+/// Where AWS is: shared by the commands that call it (`run`, `replay`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AwsArgs {
+    /// AWS region (default: the SDK's chain).
+    #[arg(long, env = "CREDWATCH_REGION")]
+    pub region: Option<String>,
+    /// Endpoint URL, for an emulator (default: AWS's).
+    #[arg(long, env = "CREDWATCH_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -204,8 +212,8 @@ fn run_cmd(args: RunArgs) -> i32 {
     };
     let k = &mut cfg.kinesis;
     k.stream = args.stream.or(k.stream.take());
-    k.region = args.region.or(k.region.take());
-    k.endpoint_url = args.endpoint_url.or(k.endpoint_url.take());
+    k.region = args.aws.region.or(k.region.take());
+    k.endpoint_url = args.aws.endpoint_url.or(k.endpoint_url.take());
     if let Some(p) = args.findings_out {
         cfg.output.findings_file = Some(p);
     }

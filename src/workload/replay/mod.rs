@@ -87,12 +87,9 @@ pub struct ReplayArgs {
     /// Kinesis data stream to PutRecords subscription envelopes into (the fast path).
     #[arg(long, env = "CREDWATCH_REPLAY_STREAM")]
     pub stream: Option<String>,
-    /// Endpoint URL, for an emulator.
-    #[arg(long, env = "CREDWATCH_ENDPOINT_URL")]
-    pub endpoint_url: Option<String>,
-    /// AWS region.
-    #[arg(long, env = "CREDWATCH_REGION")]
-    pub region: Option<String>,
+    /// `--region` and `--endpoint-url`.
+    #[command(flatten)]
+    pub aws: crate::cli::AwsArgs,
     /// How events are grouped into log streams.
     #[arg(
         long,
@@ -204,8 +201,8 @@ impl ReplayOptions {
         }
         Ok(ReplayOptions {
             destination,
-            endpoint_url: a.endpoint_url,
-            region: a.region,
+            endpoint_url: a.aws.endpoint_url,
+            region: a.aws.region,
             log_stream_by: a.log_stream_by,
             partition_key: a.partition_key,
             events_per_record: a.events_per_record,
