@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::moto::MotoServer;
 use support::prometheus::{
     dashboard_exprs, describe, free_port, has_data, http, promtool, substitute_grafana_variables,
     PrometheusServer,
 };
-use support::run::{gzip, log_tail, now_secs, test_env, ACCT, LOG_GROUP, REGION, RULE};
+use support::run::{gzip, log_tail, now_secs, test_env, Nets, Session, LOG_GROUP, REGION, RULE};
 
 const STREAM: &str = "cloudtrail";
 /// Garbage records put on the stream: each is one bad record.
@@ -74,41 +74,6 @@ fn read(rel: &str) -> String {
 }
 
 // ---- the scenario --------------------------------------------------------------------------
-
-/// A CloudTrail event of EC2 instance-profile session number `n`, from `ip` at `t`.
-fn event(n: u32, id: &str, ip: &str, t: i64) -> String {
-    let time = credwatch::event::format_time;
-    let instance = format!("i-0a1b2c3d4e5f607{n:02}");
-    json!({
-        "eventVersion": "1.08",
-        "eventID": id,
-        "eventTime": time(t),
-        "eventName": "DescribeInstances",
-        "eventSource": "ec2.amazonaws.com",
-        "eventType": "AwsApiCall",
-        "awsRegion": REGION,
-        "sourceIPAddress": ip,
-        "userAgent": "aws-cli/2.15",
-        "recipientAccountId": ACCT,
-        "userIdentity": {
-            "type": "AssumedRole",
-            "principalId": format!("AROAEXAMPLE:{instance}"),
-            "arn": format!("arn:aws:sts::{ACCT}:assumed-role/app-role/{instance}"),
-            "accountId": ACCT,
-            "accessKeyId": format!("ASIAPROMETHEUSTES{n:03}"),
-            "sessionContext": {
-                "sessionIssuer": {
-                    "type": "Role",
-                    "arn": format!("arn:aws:iam::{ACCT}:role/app-role"),
-                    "userName": "app-role"
-                },
-                "attributes": {"creationDate": time(t - 300), "mfaAuthenticated": "false"},
-                "ec2RoleDelivery": "2.0"
-            }
-        }
-    })
-    .to_string()
-}
 
 /// A `credwatch run` child, killed on drop.
 struct Run {
@@ -261,21 +226,18 @@ fn garbage() -> Vec<(&'static str, Vec<u8>)> {
 /// Puts session `n`'s stolen credential (its home call, then a call from elsewhere) with
 /// PutLogEvents, and the garbage records straight on the stream.
 async fn put_theft_and_garbage(moto: &MotoServer, n: u32) {
-    let t = now_secs() - 600;
+    let nets = Nets {
+        home: "54.10",
+        evil: "203.0.113",
+    };
+    let s = Session::new("prom", n as usize, nets);
     let now_ms = now_secs() * 1000;
-    moto.put_log_events(
-        LOG_GROUP,
-        &format!("home-{n}"),
-        &[(now_ms, event(n, &format!("prom-{n}-home"), "54.10.0.1", t))],
-    )
-    .await;
+    moto.put_log_events(LOG_GROUP, &format!("home-{n}"), &[(now_ms, s.home())])
+        .await;
     moto.put_log_events(
         LOG_GROUP,
         &format!("elsewhere-{n}"),
-        &[(
-            now_ms,
-            event(n, &format!("prom-{n}-second"), "203.0.113.9", t + 60),
-        )],
+        &[(now_ms, s.second())],
     )
     .await;
     moto.put_records(STREAM, &garbage()).await;
