@@ -401,22 +401,8 @@ mod tests {
     #[test]
     fn long_dedup_keys_are_hashed() {
         let f = Finding {
-            id: "x".into(),
-            rule: "session_token_reuse".into(),
-            severity: Severity::High,
-            title: "t".into(),
-            account_id: None,
-            access_key_id: None,
             session: Some("s".repeat(400)),
-            credential_class: None,
-            principal_arn: None,
-            error_code: None,
-            event_ids: vec![],
-            events: vec![],
-            exceptions_checked: vec![],
-            event_time: "2024-01-01T00:00:00Z".into(),
-            detected_at: "2024-01-01T00:00:00.000Z".into(),
-            claim: None,
+            ..crate::finding::test_finding("x")
         };
         let k = pagerduty_dedup_key(&f);
         assert!(k.len() <= 255 && k.starts_with("credwatch/session_token_reuse/sha256:"));
