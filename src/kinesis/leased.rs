@@ -100,7 +100,6 @@ struct Held {
     renewed_at: f64,
     /// The checkpoint the lease item holds (as last written or read).
     checkpoint: String,
-    parents: Vec<String>,
     stop: CancellationToken,
     running: bool,
 }
@@ -321,14 +320,7 @@ async fn sync_shards(
     let shards: Vec<(String, Vec<String>)> = list_shards(&shared.client, &shared.stream)
         .await?
         .iter()
-        .map(|s| {
-            let parents = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
-                .into_iter()
-                .flatten()
-                .map(str::to_string)
-                .collect();
-            (s.shard_id().to_string(), parents)
-        })
+        .map(|s| (s.shard_id().to_string(), super::parents_of(s)))
         .collect();
     let mut created = false;
     for l in lease::leases_to_create(&shards, leases, initial) {
@@ -396,7 +388,6 @@ async fn take_leases(
                         counter,
                         renewed_at: now,
                         checkpoint: l.checkpoint.clone(),
-                        parents: l.parents.clone(),
                         stop: shared.shutdown.child_token(),
                         running: false,
                     },
@@ -421,11 +412,11 @@ fn start_readers(
         if h.running || h.stop.is_cancelled() {
             continue;
         }
-        let probe = Lease {
-            parents: h.parents.clone(),
-            ..Lease::new(key, vec![], &h.checkpoint)
-        };
-        if !lease::parents_done(&probe, &by_key) {
+        // Its parents as the table has them now (this scan).
+        if !by_key
+            .get(key.as_str())
+            .is_some_and(|l| lease::parents_done(l, &by_key))
+        {
             continue;
         }
         let start = start_of(&h.checkpoint, shared);

@@ -95,6 +95,15 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws
     loader.load().await
 }
 
+/// A shard's parents (after a split, one; after a merge, two).
+pub(crate) fn parents_of(s: &aws_sdk_kinesis::types::Shard) -> Vec<String> {
+    [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Lists every shard of the stream, following `NextToken`.
 async fn list_shards(
     client: &Client,
@@ -358,11 +367,7 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
                 match list_shards(&shared.client, &shared.stream).await {
                     Ok(shards) => {
                         for s in shards {
-                            let parents: Vec<String> = [s.parent_shard_id(), s.adjacent_parent_shard_id()]
-                                .into_iter()
-                                .flatten()
-                                .map(str::to_string)
-                                .collect();
+                            let parents = parents_of(&s);
                             if !known.contains_key(s.shard_id()) {
                                 tracing::info!(shard = s.shard_id(), ?parents, "shard found");
                             }
