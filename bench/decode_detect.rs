@@ -133,14 +133,15 @@ fn decode_detect_all(
             prefix,
             scratch,
             |raw| {
-                if let Ok(f) = process_event(engine, &raw, prefix, limits) {
+                if let Ok((f, _)) = process_event(engine, &raw, prefix, limits) {
                     findings += f.len();
                 }
             },
             |_| {},
         );
     }
-    findings
+    // Candidates wait for the watermark; at the end of the input everything has arrived.
+    findings + engine.settle(credwatch::settle::SettleAt::END).len()
 }
 
 fn decode_all(records: &[Vec<u8>], scratch: &mut Scratch, limits: &Limits) -> usize {

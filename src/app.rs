@@ -13,13 +13,14 @@ use crate::engine::{Engine, Position};
 use crate::event::EventError;
 use crate::finding::Finding;
 
-/// Processes one decoded event: size check, parse, detect.
+/// Processes one decoded event: size check, parse, detect. Returns its findings (event rules;
+/// `session_token_reuse` candidates wait in the engine until they settle) and its event time.
 pub fn process_event(
     engine: &Engine,
     raw: &RawEvent<'_>,
     prefix: &str,
     limits: &Limits,
-) -> Result<Vec<Finding>, BadRecord> {
+) -> Result<(Vec<Finding>, i64), BadRecord> {
     let pos = Position {
         prefix,
         index: raw.index,
@@ -35,7 +36,7 @@ pub fn process_event(
             ),
         });
     }
-    engine.process_json(&raw.json, pos).map_err(|e| BadRecord {
+    engine.process_json_timed(&raw.json, pos).map_err(|e| BadRecord {
         kind: match &e {
             EventError::NotJson(_) => BadKind::NotJson,
             EventError::MissingField(_) => BadKind::MissingField,

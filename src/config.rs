@@ -52,6 +52,17 @@ pub struct DetectionConfig {
     pub lambda_user_agent_markers: Vec<String>,
     /// User-agent substrings that mark a call made from an ECS task.
     pub ecs_user_agent_markers: Vec<String>,
+    /// A session seen from a second origin is judged only when the event-time low watermark
+    /// over every shard has passed the later event's time plus this (a credit, restart or
+    /// earlier home on another shard may still be on its way).
+    pub allowed_lateness_secs: u64,
+    /// A shard with no records for this long (wall time) does not hold the watermark back.
+    pub idle_secs: u64,
+    /// A candidate held this long (wall time) is judged anyway, and says the stream was behind.
+    pub max_hold_secs: u64,
+    /// Upper bound on instance-book entries (instances, interfaces, allocations); past it the
+    /// ones touched longest ago are dropped first (counted).
+    pub max_book_entries: usize,
 }
 
 impl Default for DetectionConfig {
@@ -69,6 +80,10 @@ impl Default for DetectionConfig {
                 "AWS_Lambda_".into(),
             ],
             ecs_user_agent_markers: vec!["exec-env/AWS_ECS".into()],
+            allowed_lateness_secs: 300,
+            idle_secs: 60,
+            max_hold_secs: 1800,
+            max_book_entries: 1_000_000,
         }
     }
 }

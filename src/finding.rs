@@ -116,6 +116,10 @@ pub struct Finding {
     pub event_time: String,
     /// Wall-clock time the finding was made (RFC 3339, with milliseconds).
     pub detected_at: String,
+    /// Set when the finding was released after `detection.max_hold_secs` of wall time, before
+    /// the stream's event-time watermark passed it: says how far behind the stream was.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub released_early: Option<String>,
     /// What makes two findings the same report, for workers that share a stream (not written).
     #[serde(skip)]
     pub claim: Option<Claim>,

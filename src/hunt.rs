@@ -115,7 +115,7 @@ pub fn hunt_files(
             |raw| {
                 events += 1;
                 match process_event(engine, &raw, &prefix, limits) {
-                    Ok(fs) => found.extend(fs),
+                    Ok((fs, _)) => found.extend(fs),
                     Err(b) => event_bad.push(b),
                 }
             },
@@ -137,9 +137,16 @@ pub fn hunt_files(
         since_sweep += events;
         if since_sweep >= SWEEP_EVERY {
             since_sweep = 0;
-            // Files may be out of time order: keep one window of slack behind the watermark.
-            engine.sweep_at(engine.watermark() - engine.config().detection.window_secs as i64);
+            // Files come in path order, which is not time order across accounts and regions (and
+            // a folder may be in any order): nothing expires by time during a hunt, so the order
+            // cannot change what is found. Only the `max_sessions` and book caps apply.
+            engine.sweep_at(0);
         }
+    }
+    // Everything has arrived: every candidate is final.
+    for f in engine.settle(crate::settle::SettleAt::END) {
+        *summary.findings.entry(f.rule.clone()).or_default() += 1;
+        on_finding(&f);
     }
     summary
 }

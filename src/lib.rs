@@ -2,7 +2,9 @@
 //!
 //! The pipeline is wired in [`app`]: decoders ([`decode`]) turn bytes into CloudTrail events
 //! ([`event`]), the [`engine`] classifies each event's origin and credential, keeps the
-//! session-origin store, runs the rules and returns [`finding::Finding`]s.
+//! session-origin store, runs the rules and returns [`finding::Finding`]s; [`settle`] holds a
+//! candidate of a session seen from two origins until the event-time watermark says nothing that
+//! could change it can still arrive.
 
 pub mod app;
 pub mod checkpoint;
@@ -18,5 +20,6 @@ pub mod hunt;
 pub mod kinesis;
 pub mod metrics;
 pub mod rules;
+pub mod settle;
 pub mod sink;
 pub mod workload;

@@ -23,6 +23,12 @@
 //! | `credwatch_origins_explained_total` | counter | `exception` |
 //! | `credwatch_event_watermark_timestamp_seconds` | gauge | |
 //! | `credwatch_late_events_total` | counter | |
+//! | `credwatch_low_watermark_timestamp_seconds` | gauge | |
+//! | `credwatch_watermark_shards` | gauge | `state` (active, idle) |
+//! | `credwatch_candidates_pending` | gauge | |
+//! | `credwatch_candidates_total` | counter | `outcome` (settled, released_early, withdrawn) |
+//! | `credwatch_late_sightings_total` | counter | |
+//! | `credwatch_instance_book_evicted_total` | counter | |
 //! | `credwatch_sessions_tracked` | gauge | |
 //! | `credwatch_sessions_expired_total` | counter | |
 //! | `credwatch_store_interned_strings` | gauge | |
@@ -98,6 +104,13 @@ pub struct Metrics {
     instances_tracked: IntGauge,
     late_events: IntCounter,
     suppressed: IntCounter,
+    // Settling (event-time watermark across shards).
+    low_watermark: IntGauge,
+    watermark_shards: IntGaugeVec,
+    candidates_pending: IntGauge,
+    candidates: IntCounterVec,
+    late_sightings: IntCounter,
+    book_evicted: IntCounter,
     // Outcomes.
     pub bad_records: IntCounterVec,
     pub findings: IntCounterVec,
@@ -310,6 +323,38 @@ impl Metrics {
                 "credwatch_late_events_total",
                 "Events older than their session's window",
             ),
+            low_watermark: gauge(
+                &r,
+                "credwatch_low_watermark_timestamp_seconds",
+                "Event-time low watermark over every shard that is not idle (Unix time); candidates settle when it passes their time plus the allowed lateness",
+            ),
+            watermark_shards: gauge_vec(
+                &r,
+                "credwatch_watermark_shards",
+                "Shards counted in the low watermark (active) and skipped as idle",
+                &["state"],
+            ),
+            candidates_pending: gauge(
+                &r,
+                "credwatch_candidates_pending",
+                "Second origins waiting for the watermark before they are judged",
+            ),
+            candidates: counter_vec(
+                &r,
+                "credwatch_candidates_total",
+                "Second origins judged: settled into a finding by the watermark, released early after max_hold_secs, or withdrawn (explained by a credit, restart or earlier home that arrived meanwhile)",
+                &["outcome"],
+            ),
+            late_sightings: counter(
+                &r,
+                "credwatch_late_sightings_total",
+                "Events of a contested session that arrived after the watermark had passed them plus the allowed lateness",
+            ),
+            book_evicted: counter(
+                &r,
+                "credwatch_instance_book_evicted_total",
+                "Instance-book entries dropped because the book reached detection.max_book_entries",
+            ),
             suppressed: counter(
                 &r,
                 "credwatch_findings_suppressed_total",
@@ -417,7 +462,26 @@ impl Metrics {
     }
 
     /// Pre-creates the label sets dashboards expect, so series exist at 0 before anything happens.
+    /// The low watermark as the settler last computed it.
+    pub fn set_watermark(&self, low: Option<crate::settle::watermark::Low>) {
+        if let Some(l) = low {
+            self.low_watermark.set(l.watermark.clamp(0, i64::MAX / 2));
+            self.watermark_shards
+                .with_label_values(&["active"])
+                .set(l.active as i64);
+            self.watermark_shards
+                .with_label_values(&["idle"])
+                .set(l.idle as i64);
+        }
+    }
+
     pub fn init_labels(&self) {
+        for o in ["settled", "released_early", "withdrawn"] {
+            self.candidates.with_label_values(&[o]);
+        }
+        for st in ["active", "idle"] {
+            self.watermark_shards.with_label_values(&[st]);
+        }
         for k in BadKind::ALL {
             self.bad_records.with_label_values(&[k.as_str()]);
         }
@@ -515,6 +579,17 @@ impl Metrics {
         }
         bump(&self.sessions_expired, s.sessions_expired.load(Relaxed));
         bump(&self.late_events, s.late_events.load(Relaxed));
+        let p = &engine.pending.stats;
+        for (outcome, v) in [
+            ("settled", &p.settled),
+            ("released_early", &p.released_early),
+            ("withdrawn", &p.withdrawn),
+        ] {
+            bump(&self.candidates.with_label_values(&[outcome]), v.load(Relaxed));
+        }
+        bump(&self.late_sightings, p.late.load(Relaxed));
+        bump(&self.book_evicted, engine.instances.evicted.load(Relaxed));
+        self.candidates_pending.set(engine.pending.waiting() as i64);
         bump(&self.suppressed, s.suppressed.load(Relaxed));
         let calls = s.authority_calls.load(Relaxed);
         let errors = s.authority_errors.load(Relaxed);
@@ -924,6 +999,12 @@ mod tests {
             "credwatch_origins_explained_total",
             "credwatch_event_watermark_timestamp_seconds",
             "credwatch_late_events_total",
+            "credwatch_low_watermark_timestamp_seconds",
+            "credwatch_watermark_shards",
+            "credwatch_candidates_pending",
+            "credwatch_candidates_total",
+            "credwatch_late_sightings_total",
+            "credwatch_instance_book_evicted_total",
             "credwatch_sessions_tracked",
             "credwatch_sessions_expired_total",
             "credwatch_store_interned_strings",

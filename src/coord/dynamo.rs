@@ -166,6 +166,21 @@ async fn ensure_table(
     anyhow::bail!("{option} {table}: not ACTIVE after a minute")
 }
 
+/// The lease item attributes where the owner publishes the shard's event-time watermark.
+const WATERMARK: &str = "credwatchWatermark";
+const IDLE: &str = "credwatchIdle";
+
+/// `SET` clauses and values that publish a watermark, when there is one.
+fn mark_values(mark: Option<(i64, bool)>) -> (&'static str, Vec<(&'static str, AttributeValue)>) {
+    match mark {
+        Some((w, idle)) => (
+            ", credwatchWatermark = :wm, credwatchIdle = :idle",
+            vec![(":wm", n(w)), (":idle", AttributeValue::Bool(idle))],
+        ),
+        None => ("", vec![]),
+    }
+}
+
 /// The lease table.
 pub struct LeaseTable {
     client: Client,
@@ -188,6 +203,10 @@ fn lease_from(item: &Item) -> Option<Lease> {
             .and_then(|v| v.as_ss().ok())
             .cloned()
             .unwrap_or_default(),
+        watermark: get_n(item, WATERMARK).map(|w| {
+            let idle = item.get(IDLE).and_then(|v| v.as_bool().ok()).copied();
+            (w, idle.unwrap_or(false))
+        }),
     })
 }
 
@@ -352,20 +371,42 @@ impl LeaseTable {
         .await
     }
 
-    /// Renews a held lease.
-    pub async fn renew(&self, key: &str, counter: u64, me: &str) -> Renewal {
-        self.held(key, counter, me, "SET leaseCounter = :next", vec![])
-            .await
-    }
-
-    /// Writes a checkpoint into a held lease (which renews it too).
-    pub async fn checkpoint(&self, key: &str, counter: u64, me: &str, checkpoint: &str) -> Renewal {
+    /// Renews a held lease, publishing the shard's watermark when given.
+    pub async fn renew(
+        &self,
+        key: &str,
+        counter: u64,
+        me: &str,
+        mark: Option<(i64, bool)>,
+    ) -> Renewal {
+        let (set, values) = mark_values(mark);
         self.held(
             key,
             counter,
             me,
-            "SET leaseCounter = :next, checkpoint = :cp, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero",
-            vec![(":cp", s(checkpoint)), (":zero", n(0))],
+            &format!("SET leaseCounter = :next{set}"),
+            values,
+        )
+        .await
+    }
+
+    /// Writes a checkpoint into a held lease (which renews it too).
+    pub async fn checkpoint(
+        &self,
+        key: &str,
+        counter: u64,
+        me: &str,
+        checkpoint: &str,
+        mark: Option<(i64, bool)>,
+    ) -> Renewal {
+        let (set, mut values) = mark_values(mark);
+        values.extend([(":cp", s(checkpoint)), (":zero", n(0))]);
+        self.held(
+            key,
+            counter,
+            me,
+            &format!("SET leaseCounter = :next, checkpoint = :cp, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero{set}"),
+            values,
         )
         .await
     }
@@ -420,15 +461,22 @@ fn home_from(item: &Item, prefix: &str) -> Option<HomeEvidence> {
     if tag == 0 {
         return None;
     }
-    Some(HomeEvidence {
+    // `userAgent` holds the first event's profile: user agent, event source, name, access key.
+    let mut h = HomeEvidence {
         tag: HomeTag::from_bits(tag),
         origin: get_s(item, &k("home"))?.to_string(),
         event_id: get_s(item, &k("eventId")).unwrap_or_default().to_string(),
         time: get_n(item, &k("firstTime"))?,
-        user_agent: get_s(item, &k("userAgent")).unwrap_or_default().to_string(),
+        user_agent: String::new(),
         class: get_n(item, &k("credentialClass")).unwrap_or(0) as u8,
         expires: get_n(item, &k("expiresAt"))?,
-    })
+        event_source: None,
+        event_name: None,
+        access_key_id: None,
+        error_code: None,
+    };
+    h.set_profile(get_s(item, &k("userAgent")).unwrap_or_default());
+    Some(h)
 }
 
 impl StateTable {
@@ -514,7 +562,7 @@ impl StateTable {
             .expression_attribute_values(":home", s(&home.origin))
             .expression_attribute_values(":event", s(&home.event_id))
             .expression_attribute_values(":expires", n(home.expires))
-            .expression_attribute_values(":ua", s(&home.user_agent))
+            .expression_attribute_values(":ua", s(&home.profile()))
             .expression_attribute_values(":class", n(home.class))
             .expression_attribute_values(":ttl", n(home.expires + TTL_SLACK_SECS))
             .return_values(ReturnValue::AllOld)

@@ -28,6 +28,9 @@ pub struct Lease {
     pub sub_sequence: u64,
     pub owner_switches: u64,
     pub parents: Vec<String>,
+    /// What the owner last published of the shard's event-time watermark: the latest event
+    /// time read from it, and whether it is idle (credwatch's own attributes, beside the KCL's).
+    pub watermark: Option<(i64, bool)>,
 }
 
 impl Lease {
@@ -41,6 +44,7 @@ impl Lease {
             sub_sequence: 0,
             owner_switches: 0,
             parents,
+            watermark: None,
         }
     }
 

@@ -24,7 +24,7 @@ use crate::event::{format_time, CloudTrailEvent, EventError};
 use crate::finding::{ExceptionCheck, Finding};
 use crate::rules::{event_rules, session_token_reuse, RuleSet};
 
-use self::credential::{Credential, CredentialClass};
+use self::credential::CredentialClass;
 use self::instances::{InstanceBook, InstanceSnapshot};
 use self::origin::OriginClass;
 use self::store::{SessionStore, StoreSnapshot};
@@ -143,6 +143,9 @@ pub struct EngineSnapshot {
     pub watermark: i64,
     pub store: StoreSnapshot,
     pub instances: InstanceSnapshot,
+    /// Contested sessions waiting to be settled.
+    #[serde(default)]
+    pub contests: Vec<(u64, crate::settle::Contest)>,
 }
 
 pub struct Engine {
@@ -150,6 +153,8 @@ pub struct Engine {
     pub(crate) rules: RuleSet,
     pub store: SessionStore,
     pub instances: InstanceBook,
+    /// Sessions seen from two origins, held until they settle.
+    pub pending: crate::settle::Pending,
     allow: Vec<Allow>,
     org: HashSet<String>,
     watermark: AtomicI64,
@@ -181,6 +186,7 @@ impl Engine {
             cfg: cfg.clone(),
             store: SessionStore::default(),
             instances: InstanceBook::default(),
+            pending: crate::settle::Pending::default(),
             watermark: AtomicI64::new(0),
             stats: EngineStats::default(),
             authority: None,
@@ -200,8 +206,18 @@ impl Engine {
 
     /// Parses and processes one event's JSON text.
     pub fn process_json(&self, json: &str, pos: Position<'_>) -> Result<Vec<Finding>, EventError> {
+        self.process_json_timed(json, pos).map(|(f, _)| f)
+    }
+
+    /// [`Engine::process_json`], also returning the event's time (for shard watermarks).
+    pub fn process_json_timed(
+        &self,
+        json: &str,
+        pos: Position<'_>,
+    ) -> Result<(Vec<Finding>, i64), EventError> {
         let ev = CloudTrailEvent::parse(json)?;
         let out = self.process(&ev, pos)?;
+        let t = ev.time_secs()?;
         if let Some(a) = &self.authority {
             if instances::is_relevant(ev.event_name()) && ev.succeeded() {
                 if let Err(e) = a.publish_control(json) {
@@ -210,7 +226,7 @@ impl Engine {
                 }
             }
         }
-        Ok(out)
+        Ok((out, t))
     }
 
     /// Reads the control-plane events other workers shared since the last call into the
@@ -270,15 +286,25 @@ impl Engine {
         self.watermark.load(Relaxed)
     }
 
-    /// Drops what expired before the watermark. Returns the sessions removed.
+    /// Drops what expired before the settled watermark (less the allowed lateness: a late
+    /// event must still find its session). Returns the sessions removed.
     pub fn sweep(&self) -> usize {
-        self.sweep_at(self.watermark())
+        let settled = self.pending.settled_at();
+        let upto = if settled > 0 {
+            settled.min(self.watermark())
+        } else {
+            self.watermark()
+        };
+        self.sweep_at(upto - self.cfg.detection.allowed_lateness_secs as i64)
     }
 
     pub fn sweep_at(&self, now: i64) -> usize {
         let removed = self.store.sweep(now, self.cfg.detection.max_sessions);
-        self.instances
-            .sweep(now - self.cfg.detection.window_secs as i64);
+        self.pending.sweep(now);
+        self.instances.sweep(
+            now - self.cfg.detection.window_secs as i64,
+            self.cfg.detection.max_book_entries,
+        );
         self.stats
             .sessions_expired
             .fetch_add(removed as u64, Relaxed);
@@ -294,6 +320,7 @@ impl Engine {
             watermark: self.watermark(),
             store: self.store.snapshot(),
             instances: self.instances.snapshot(),
+            contests: self.pending.snapshot(),
         }
     }
 
@@ -301,6 +328,7 @@ impl Engine {
         self.watermark.fetch_max(s.watermark, Relaxed);
         self.store.restore(&s.store);
         self.instances.restore(&s.instances);
+        self.pending.restore(&s.contests);
     }
 
     /// Whether an account belongs to the organisation. With no `[organization]` configured, the
@@ -318,13 +346,14 @@ impl Engine {
         &self,
         addr: Option<IpAddr>,
         account: Option<&str>,
-        cred: &Credential<'_>,
+        role: Option<&str>,
         t: i64,
     ) -> ExceptionCheck {
         let mut detail = match addr {
             None => "the origin is not an address".to_string(),
             Some(a) => format!("no [[allow]] entry contains {a}"),
         };
+        let role_of_session = role;
         if let Some(a) = addr {
             for (i, e) in self.allow.iter().enumerate() {
                 if !e.net.contains(&a) {
@@ -338,7 +367,7 @@ impl Engine {
                     }
                 }
                 if let Some(role) = &e.role {
-                    if Some(role.as_str()) != cred.role {
+                    if Some(role.as_str()) != role_of_session {
                         detail = format!("{label} is for role {role} only");
                         continue;
                     }
@@ -368,18 +397,21 @@ impl Engine {
         }
     }
 
-    /// The instance-address credit that explains `addr` for an instance session, or why none did.
+    /// The instance-address credit that explains `addr` for an instance session at event time
+    /// `at` (given by a call not later than `at`), or why none did.
     pub(crate) fn credit_check(
         &self,
-        cred: &Credential<'_>,
+        instance: Option<&str>,
+        class: &str,
         addr: Option<IpAddr>,
+        at: i64,
     ) -> ExceptionCheck {
         let exception = Explanation::InstanceAddress.as_str().to_string();
-        let Some(instance) = cred.instance_id.as_deref() else {
+        let Some(instance) = instance else {
             return ExceptionCheck {
                 exception,
                 applied: false,
-                detail: format!("{} credentials are not an instance's", cred.class.as_str()),
+                detail: format!("{class} credentials are not an instance's"),
             };
         };
         let Some(addr) = addr else {
@@ -389,14 +421,14 @@ impl Engine {
                 detail: "the origin is not an address".into(),
             };
         };
-        match self.instances.credit_for(instance, addr) {
+        match self.instances.credit_for(instance, addr, at) {
             Some(call) => ExceptionCheck {
                 exception,
                 applied: true,
                 detail: format!("{addr} was given to {instance} by {call}"),
             },
             None => {
-                let credited = self.instances.credits(instance);
+                let credited = self.instances.credits(instance, at);
                 let list = if credited.is_empty() {
                     "none seen".to_string()
                 } else {
@@ -410,7 +442,7 @@ impl Engine {
                     exception,
                     applied: false,
                     detail: format!(
-                        "no AssociateAddress, AttachNetworkInterface or AssignPrivateIpAddresses gave {addr} to {instance} (credited: {list})"
+                        "no AssociateAddress, AttachNetworkInterface or AssignPrivateIpAddresses gave {addr} to {instance} by {} (credited: {list})", format_time(at)
                     ),
                 }
             }

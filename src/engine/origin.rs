@@ -23,6 +23,14 @@ pub enum OriginClass {
 }
 
 impl OriginClass {
+    /// The class named by [`OriginClass::as_str`] (`Missing` for anything else).
+    pub fn parse(s: &str) -> OriginClass {
+        OriginClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or(OriginClass::Missing)
+    }
+
     pub const ALL: [OriginClass; 7] = [
         OriginClass::PublicIp,
         OriginClass::PrivateIp,

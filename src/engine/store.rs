@@ -3,7 +3,8 @@
 //! One entry per workload session (an instance's role session across key rotations, else the
 //! access key), keyed by a 64-bit xxh3 of the session key. An entry is 34 bytes: the first-seen
 //! origin (an IPv4 address inline, anything else interned), the first event's id (a UUID as 16
-//! bytes), its time, the expiry, the interned user agent and two bytes of flags. Sessions that
+//! bytes), its time, the expiry, the interned profile of the first event (user agent, event
+//! source and name, and its access key when that is not the session key) and two bytes of flags. Sessions that
 //! only ever had explained origins and the per-finding dedup marks live in small side tables.
 
 use std::hash::{BuildHasherDefault, Hasher};
@@ -109,6 +110,8 @@ pub struct Session {
     event_id: [u8; 16],
     pub first_time: u32,
     pub expires: u32,
+    /// Interned `user agent \x1f event source \x1f event name \x1f access key`: few distinct
+    /// values (the key only for sessions not keyed by it, such as an instance's role session).
     ua: u32,
     /// bits 0..3: home tag; bit 3: event id interned.
     flags: u8,
@@ -171,6 +174,52 @@ pub fn portable(h: &NewHome<'_>) -> HomeEvidence {
         user_agent: h.user_agent.to_string(),
         class: h.class,
         expires: h.expires,
+        event_source: h.event_source.map(str::to_string),
+        event_name: h.event_name.map(str::to_string),
+        access_key_id: h.access_key_id.map(str::to_string),
+        error_code: h.error_code.map(str::to_string),
+    }
+}
+
+/// The interned profile of a first event.
+fn profile(h: &NewHome<'_>) -> String {
+    format!(
+        "{}\x1f{}\x1f{}\x1f{}\x1f{}",
+        h.user_agent,
+        h.event_source.unwrap_or(""),
+        h.event_name.unwrap_or(""),
+        h.access_key_id.unwrap_or(""),
+        h.error_code.unwrap_or("")
+    )
+}
+
+impl HomeEvidence {
+    /// User agent, event source, event name and access key in one text (how they are stored).
+    pub fn profile(&self) -> String {
+        format!(
+            "{}\x1f{}\x1f{}\x1f{}\x1f{}",
+            self.user_agent,
+            self.event_source.as_deref().unwrap_or(""),
+            self.event_name.as_deref().unwrap_or(""),
+            self.access_key_id.as_deref().unwrap_or(""),
+            self.error_code.as_deref().unwrap_or("")
+        )
+    }
+
+    /// Reads back what [`HomeEvidence::profile`] wrote (a bare user agent is read as one).
+    pub fn set_profile(&mut self, text: &str) {
+        let mut parts = text.split('\x1f');
+        let mut next = || {
+            parts
+                .next()
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+        };
+        self.user_agent = next().unwrap_or_default();
+        self.event_source = next();
+        self.event_name = next();
+        self.access_key_id = next();
+        self.error_code = next();
     }
 }
 
@@ -184,13 +233,24 @@ pub struct HomeEvidence {
     pub user_agent: String,
     pub class: u8,
     pub expires: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_name: Option<String>,
+    /// The first event's access key, when it is not the session key itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
 
-/// An origin that was explained, and by what.
+/// An origin that was explained, by what, and the earliest event time it was explained at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explained {
     pub origin: String,
     pub reason: String,
+    #[serde(default)]
+    pub time: i64,
 }
 
 /// Side entry for sessions that had explained origins.
@@ -316,6 +376,11 @@ pub struct NewHome<'a> {
     pub expires: i64,
     pub user_agent: &'a str,
     pub class: u8,
+    pub event_source: Option<&'a str>,
+    pub event_name: Option<&'a str>,
+    /// Only when it is not the session key.
+    pub access_key_id: Option<&'a str>,
+    pub error_code: Option<&'a str>,
 }
 
 impl SessionStore {
@@ -351,7 +416,7 @@ impl SessionStore {
             event_id,
             first_time: clamp_u32(h.time),
             expires: clamp_u32(h.expires),
-            ua: self.strings.acquire(h.user_agent),
+            ua: self.strings.acquire(&profile(h)),
             flags: (h.tag as u8) | if interned { FLAG_EVENT_ID_INTERNED } else { 0 },
             class: h.class,
         }
@@ -405,19 +470,23 @@ impl SessionStore {
         } else {
             uuid::Uuid::from_bytes(s.event_id).hyphenated().to_string()
         };
-        HomeEvidence {
+        let mut h = HomeEvidence {
             tag,
             origin,
             event_id,
             time: s.first_time as i64,
-            user_agent: self
-                .strings
-                .get(s.ua)
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
+            user_agent: String::new(),
             class: s.class,
             expires: s.expires as i64,
+            event_source: None,
+            event_name: None,
+            access_key_id: None,
+            error_code: None,
+        };
+        if let Some(p) = self.strings.get(s.ua) {
+            h.set_profile(&p);
         }
+        h
     }
 
     /// Runs `f` on the session entry under its shard's write lock. `f` receives the current
@@ -477,20 +546,33 @@ impl SessionStore {
             expires: h.expires,
             user_agent: &h.user_agent,
             class: h.class,
+            event_source: h.event_source.as_deref(),
+            event_name: h.event_name.as_deref(),
+            access_key_id: h.access_key_id.as_deref(),
+            error_code: h.error_code.as_deref(),
         });
         // An entry already present is replaced (and its strings released) by `update`.
         self.update(key, |_| (Update::Replace(s), ()));
     }
 
     /// Records an explained origin for a session (bounded).
-    pub fn add_explained(&self, key: Key, origin: String, reason: String, expires: i64) {
+    /// The earliest explanation of an origin is kept, so arrival order does not matter.
+    pub fn add_explained(&self, key: Key, origin: String, reason: String, time: i64, expires: i64) {
         let mut e = self.extras.entry(key).or_default();
         e.expires = e.expires.max(clamp_u32(expires));
-        if e.explained.iter().any(|x| x.origin == origin) {
+        if let Some(x) = e.explained.iter_mut().find(|x| x.origin == origin) {
+            if time < x.time {
+                x.time = time;
+                x.reason = reason;
+            }
             return;
         }
         if e.explained.len() < MAX_EXPLAINED {
-            e.explained.push(Explained { origin, reason });
+            e.explained.push(Explained {
+                origin,
+                reason,
+                time,
+            });
         }
     }
 
@@ -663,6 +745,10 @@ mod tests {
             expires: t + 100,
             user_agent: "curl",
             class: 0,
+            event_source: Some("s3.amazonaws.com"),
+            event_name: Some("ListBuckets"),
+            access_key_id: None,
+            error_code: None,
         })
     }
 
@@ -675,6 +761,9 @@ mod tests {
         assert_eq!(ev.origin, "2600:1f18::1");
         assert_eq!(ev.event_id, "3f1c4e3a-9d8b-4c1e-a2f0-0123456789ab");
         assert_eq!(ev.user_agent, "curl");
+        assert_eq!(ev.event_name.as_deref(), Some("ListBuckets"));
+        assert_eq!(ev.event_source.as_deref(), Some("s3.amazonaws.com"));
+        assert_eq!(ev.access_key_id, None);
         assert!(store.same_home(&s, HomeTag::PublicV6, &v));
         assert!(!store.same_home(&s, HomeTag::PublicV6, &HomeValue::Text("::2".into())));
     }

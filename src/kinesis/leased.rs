@@ -102,6 +102,8 @@ struct Held {
     checkpoint: String,
     stop: CancellationToken,
     running: bool,
+    /// Read to SHARD_END; SHARD_END is written once its records have all settled.
+    finishing: bool,
 }
 
 fn start_of(checkpoint: &str, shared: &Shared) -> Start {
@@ -175,6 +177,8 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
                 } else {
                     leases
                 };
+                publish_remote_marks(&shared, &leases, &me);
+                finish_settled(&shared, &c, &mut held).await;
                 clock.observe(&leases, now());
                 take_leases(&shared, &c, &leases, &clock, &mut held, now()).await;
                 start_readers(&shared, &leases, &mut held, &mut tasks);
@@ -190,18 +194,14 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
                 match exit {
                     Ok(ShardExit::Finished) => {
                         shared.metrics.shard_finished(&shard_id);
+                        shared.watermarks.remove(&shard_id);
                         if let Some(h) = held.get_mut(&shard_id) {
                             h.running = false;
-                            // Everything in the shard is processed: SHARD_END lets the children start.
-                            match c.leases.checkpoint(&shard_id, h.counter, &me, lease::SHARD_END).await {
-                                Renewal::Renewed(_) => {
-                                    tracing::info!(shard = %shard_id, "shard finished (SHARD_END)");
-                                    shared.metrics.lease_events.with_label_values(&["finished"]).inc();
-                                    held.remove(&shard_id);
-                                }
-                                r => tracing::warn!(shard = %shard_id, outcome = ?r, "could not write SHARD_END; will retry"),
-                            }
+                            // SHARD_END (which lets the children start) once every record of
+                            // the shard has settled: until then a takeover must read them again.
+                            h.finishing = true;
                         }
+                        finish_settled(&shared, &c, &mut held).await;
                     }
                     Ok(ShardExit::Shutdown) => {
                         if let Some(h) = held.get_mut(&shard_id) {
@@ -236,6 +236,51 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
     }
 }
 
+/// Writes SHARD_END into held leases read to their end whose records have all settled.
+async fn finish_settled(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String, Held>) {
+    let done: Vec<String> = held
+        .iter()
+        .filter(|(k, h)| h.finishing && super::released(shared, k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in done {
+        let Some(h) = held.get(&key) else { continue };
+        match c
+            .leases
+            .checkpoint(&key, h.counter, &c.worker, lease::SHARD_END, None)
+            .await
+        {
+            Renewal::Renewed(_) => {
+                tracing::info!(shard = %key, "shard finished (SHARD_END)");
+                shared
+                    .metrics
+                    .lease_events
+                    .with_label_values(&["finished"])
+                    .inc();
+                held.remove(&key);
+            }
+            r => {
+                tracing::warn!(shard = %key, outcome = ?r, "could not write SHARD_END; will retry")
+            }
+        }
+    }
+}
+
+/// The watermarks other workers published for the shards they read count in the low watermark
+/// here; finished shards no longer count. A lease without a published watermark (never read,
+/// or a child waiting for its parents) holds nothing back yet.
+fn publish_remote_marks(shared: &Shared, leases: &[Lease], me: &str) {
+    for l in leases {
+        if l.finished() {
+            shared.watermarks.remove(&l.key);
+        } else if !l.owned_by(me) {
+            if let Some((w, idle)) = l.watermark {
+                shared.watermarks.remote(&l.key, Some(w), idle);
+            }
+        }
+    }
+}
+
 /// Renews every held lease, writing the shard's position as its checkpoint when it moved.
 /// A lease lost (or not renewed for a whole duration) stops its reader.
 async fn renew_all(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String, Held>, now: f64) {
@@ -253,9 +298,15 @@ async fn renew_all(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String
             .and_then(|p| p.sequence_number.as_ref())
             .map(|s| s.as_str().to_string())
             .filter(|s| *s != h.checkpoint);
+        // The shard's event-time watermark, for the other workers' settling.
+        let mark = shared
+            .watermarks
+            .local(key, super::wall())
+            .filter(|(w, idle)| w.is_some() || *idle)
+            .map(|(w, idle)| (w.unwrap_or(0), idle));
         let r = match &position {
-            Some(cp) => c.leases.checkpoint(key, h.counter, &c.worker, cp).await,
-            None => c.leases.renew(key, h.counter, &c.worker).await,
+            Some(cp) => c.leases.checkpoint(key, h.counter, &c.worker, cp, mark).await,
+            None => c.leases.renew(key, h.counter, &c.worker, mark).await,
         };
         match r {
             Renewal::Renewed(counter) => {
@@ -306,6 +357,13 @@ async fn renew_all(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
+            // Its unsettled records are the next owner's to read again.
+            shared
+                .holds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            shared.watermarks.remove(&key);
         }
     }
 }
@@ -390,6 +448,7 @@ async fn take_leases(
                         checkpoint: l.checkpoint.clone(),
                         stop: shared.shutdown.child_token(),
                         running: false,
+                        finishing: false,
                     },
                 );
             }
@@ -409,7 +468,7 @@ fn start_readers(
     let by_key: std::collections::HashMap<&str, &Lease> =
         leases.iter().map(|l| (l.key.as_str(), l)).collect();
     for (key, h) in held.iter_mut() {
-        if h.running || h.stop.is_cancelled() {
+        if h.running || h.finishing || h.stop.is_cancelled() {
             continue;
         }
         // Its parents as the table has them now (this scan).

@@ -12,7 +12,7 @@ mod leased;
 pub mod sequence;
 mod shard;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,12 +28,35 @@ use crate::decode::Limits;
 use crate::engine::Engine;
 use crate::escalation::Escalator;
 use crate::metrics::Metrics;
+use crate::settle::watermark::Watermarks;
+use crate::settle::SettleAt;
 use crate::sink::{DeadLetterSink, FindingsSink};
 
 /// How long shutdown waits for shard tasks to finish their batches.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
 /// How often expired sessions are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often candidates are settled against the watermark.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A record read but not yet covered by a checkpoint: its events may still belong to a
+/// candidate that has not settled.
+#[derive(Debug, Clone)]
+pub(crate) struct Hold {
+    pub seq: sequence::SequenceNumber,
+    /// Latest event time in the record (`None`: no event).
+    pub max_time: Option<i64>,
+    /// Wall-clock second it was read.
+    pub wall: f64,
+}
+
+/// Wall-clock seconds, for idleness and holds.
+pub(crate) fn wall() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
 
 /// State shared by the coordinator, the shard tasks and the checkpointer.
 pub(crate) struct Shared {
@@ -44,7 +67,14 @@ pub(crate) struct Shared {
     pub dead_letters: Mutex<DeadLetterSink>,
     /// Findings are spooled here (durably) before a shard's position moves past them.
     pub escalator: Arc<Escalator>,
+    /// Checkpointable positions: a shard's position moves past a record only once every
+    /// candidate its events could belong to has settled (see [`Hold`]).
     pub positions: Mutex<BTreeMap<String, ShardCheckpoint>>,
+    /// Records read, per shard, not yet released into `positions`.
+    pub holds: Mutex<BTreeMap<String, VecDeque<Hold>>>,
+    /// Event-time watermarks of every shard of the stream (local and, with several workers,
+    /// those other workers publish in the lease table).
+    pub watermarks: Watermarks,
     /// Shard tasks hold it for reading while a batch is processed and written; the
     /// checkpointer holds it for writing while it copies positions and the engine.
     pub gate: tokio::sync::RwLock<()>,
@@ -200,6 +230,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         dead_letters: Mutex::new(dead_letters),
         escalator,
         positions: Mutex::new(positions),
+        holds: Mutex::new(BTreeMap::new()),
+        watermarks: Watermarks::new(cfg.detection.idle_secs),
         gate: tokio::sync::RwLock::new(()),
         shutdown: shutdown.clone(),
         client: Client::new(&sdk),
@@ -238,6 +270,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let settler = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(SETTLE_INTERVAL) => {
+                        if let Err(e) = settle(&shared).await {
+                            tracing::error!(error = %e, "settling candidates failed; will retry");
+                        }
+                    }
+                }
+            }
+        })
+    };
     let sweeper = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -261,6 +308,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     metrics.ready.store(false, Relaxed);
     let _ = checkpointer.await;
     let _ = sweeper.await;
+    let _ = settler.await;
+    // What the watermark allows now; the rest waits in the checkpoint (embedded) or behind the
+    // held shard positions (several workers) for the next start.
+    if let Err(e) = settle(&shared).await {
+        tracing::error!(error = %e, "settling candidates at shutdown failed");
+    }
     let final_cp = match coordination {
         None => checkpoint(&shared, &store).await,
         // The lease items got their final checkpoints as the leases were released.
@@ -299,6 +352,66 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+/// One settling pass: the low watermark over every shard, the candidates it (or
+/// `max_hold_secs`) makes final written like any finding, then the records whose events are all
+/// settled released into the checkpointable positions. Under the gate, so a checkpoint sees
+/// either all of a pass or none of it.
+pub(crate) async fn settle(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let _gate = shared.gate.read().await;
+    let det = &shared.engine.config().detection;
+    let lateness = det.allowed_lateness_secs as i64;
+    let max_hold = det.max_hold_secs as f64;
+    let now = wall();
+    let low = shared.watermarks.low(now, lateness);
+    shared.metrics.set_watermark(low);
+    // No watermark yet (a shard that is not idle has delivered nothing): only max_hold applies.
+    let w = low.map_or(i64::MIN / 2, |l| l.watermark);
+    let engine = shared.engine.clone();
+    let at = SettleAt {
+        watermark: w,
+        now: Some(now as i64),
+    };
+    let found = tokio::task::block_in_place(|| engine.settle(at));
+    if !found.is_empty() {
+        shard::emit(
+            shared,
+            "settle",
+            vec![],
+            vec![],
+            found.into_iter().map(|f| (f, None)).collect(),
+        )
+        .await?;
+    }
+    let mut holds = shared.holds.lock().unwrap_or_else(|p| p.into_inner());
+    let mut positions = shared.positions.lock().unwrap_or_else(|p| p.into_inner());
+    for (shard, q) in holds.iter_mut() {
+        let mut last = None;
+        while let Some(h) = q.front() {
+            let settled = h.max_time.is_none_or(|t| t.saturating_add(lateness) <= w)
+                || now - h.wall >= max_hold;
+            if !settled {
+                break;
+            }
+            last = q.pop_front().map(|h| h.seq);
+        }
+        if let Some(seq) = last {
+            positions.entry(shard.clone()).or_default().sequence_number = Some(seq);
+        }
+    }
+    holds.retain(|_, q| !q.is_empty());
+    Ok(())
+}
+
+/// Whether every record read from `shard` is released into the positions.
+pub(crate) fn released(shared: &Shared, shard: &str) -> bool {
+    shared
+        .holds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(shard)
+        .is_none_or(|q| q.is_empty())
 }
 
 /// Takes a consistent checkpoint: positions, findings offset and engine state at one instant
@@ -390,6 +503,7 @@ async fn coordinate(shared: Arc<Shared>) -> anyhow::Result<()> {
                 match exit {
                     Ok(ShardExit::Finished) => {
                         tracing::info!(shard = %shard_id, "shard finished (SHARD_END)");
+                        shared.watermarks.remove(&shard_id);
                         shared.metrics.shard_finished(&shard_id);
                         shared.positions.lock().unwrap_or_else(|p| p.into_inner()).entry(shard_id).or_default().finished = true;
                         start_eligible(&shared, &known, &mut running, &mut tasks, false);

@@ -86,6 +86,7 @@ pub(crate) async fn read_shard(
     let mut scratch = Scratch::default();
     let poll = Duration::from_millis(shared.kinesis.poll_interval_ms);
     m.init_shard(&shard_id);
+    shared.watermarks.start(&shard_id, super::wall());
     loop {
         if stop.is_cancelled() {
             return Ok(ShardExit::Shutdown);
@@ -225,6 +226,7 @@ async fn process_batch(
             break;
         }
         let mut found: Vec<(Finding, Option<f64>)> = Vec::new();
+        let mut max_time: Option<i64> = None;
         let mut record_bad: Vec<(BadRecord, String, Option<&[u8]>)> = Vec::new();
         let mut event_bad: Vec<(BadRecord, String)> = Vec::new();
         let mut events = 0u64;
@@ -243,7 +245,10 @@ async fn process_batch(
             |raw| {
                 events += 1;
                 match process_event(&shared.engine, &raw, &prefix, &shared.limits) {
-                    Ok(fs) => found.extend(fs.into_iter().map(|f| (f, arrival))),
+                    Ok((fs, t)) => {
+                        max_time = Some(max_time.map_or(t, |m| m.max(t)));
+                        found.extend(fs.into_iter().map(|f| (f, arrival)));
+                    }
                     Err(b) => event_bad.push((b, seq.to_string())),
                 }
             },
@@ -259,10 +264,22 @@ async fn process_batch(
         n_records += 1;
         n_bytes += data.len() as u64;
         n_events += events;
+        let now = super::wall();
+        shared.watermarks.record(shard_id, max_time, now);
         match SequenceNumber::parse(seq) {
             Some(s) => {
-                let mut pos = shared.positions.lock().unwrap_or_else(|p| p.into_inner());
-                pos.entry(shard_id.to_string()).or_default().sequence_number = Some(s.clone());
+                // The checkpointable position moves past this record once its events settle.
+                shared
+                    .holds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(shard_id.to_string())
+                    .or_default()
+                    .push_back(super::Hold {
+                        seq: s.clone(),
+                        max_time,
+                        wall: now,
+                    });
                 last = Some(s);
             }
             None => {
@@ -282,7 +299,7 @@ async fn process_batch(
 
 /// Writes one record's dead letters, then its findings: claimed (several workers), written,
 /// spooled for escalation, marked reported, counted and logged.
-async fn emit(
+pub(crate) async fn emit(
     shared: &Arc<Shared>,
     shard_id: &str,
     record_bad: Vec<(BadRecord, String, Option<&[u8]>)>,

@@ -219,6 +219,7 @@ pub(crate) fn check(
             detected_at: chrono::Utc::now()
                 .format("%Y-%m-%dT%H:%M:%S%.3fZ")
                 .to_string(),
+            released_early: None,
             claim: None,
         });
     }

@@ -8,18 +8,17 @@
 //! runtime (user-agent markers); any use without them is the second origin.
 //! Background: <https://netflixtechblog.com/netflix-cloud-security-detecting-credential-compromise-in-aws-9493d6fd373a>
 
-use std::net::IpAddr;
-
 use crate::engine::credential::{Credential, CredentialClass};
-use crate::engine::origin::{Origin, OriginClass};
+use crate::engine::origin::Origin;
 use crate::engine::store::{
     home_of, key_of, key_of_parts, portable, HomeEvidence, HomeTag, HomeValue, NewHome, Session,
     Update,
 };
 use crate::engine::{Engine, Explanation, Position};
 use crate::event::{format_time, parse_time, CloudTrailEvent};
-use crate::finding::{finding_id, Claim, EventEvidence, ExceptionCheck, Finding};
+use crate::finding::{finding_id, Claim, ExceptionCheck, Finding};
 use crate::rules::event_evidence;
+use crate::settle::{sighting_of_home, wall_now, Contest, Sighting};
 
 pub const RULE: &str = "session_token_reuse";
 pub const FOREIGN_VPCE: &str = "foreign_vpc_endpoint";
@@ -30,15 +29,10 @@ enum Outcome {
     Locked,
     /// Seen from home (or too old to matter).
     Home,
-    /// Reset by a restart of the instance at this time: this event is the new home.
-    Reset,
     TooOld,
-    /// Two origins: `first` is the home, `second` the new origin. `this_is_first` when this
-    /// event (earlier in time, or a Lambda runtime call) took the home.
-    Pair {
-        stored: HomeEvidence,
-        this_is_first: bool,
-    },
+    /// Two origins: the stored home and this event's (which may have taken the home, being
+    /// earlier or a Lambda runtime call). Settling decides which is first and whether it stands.
+    Pair { stored: HomeEvidence },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -78,6 +72,7 @@ pub(crate) fn check(
                     key,
                     origin.to_string(),
                     Explanation::OrgVpcEndpoint.as_str().into(),
+                    t,
                     expires,
                 );
             } else if let Some(sev) = e.rules.get(FOREIGN_VPCE) {
@@ -119,10 +114,13 @@ pub(crate) fn check(
         }
         _ => {}
     }
-    let Some(sev) = e.rules.get(RULE) else { return };
+    if e.rules.get(RULE).is_none() {
+        return;
+    }
 
     if cred.lambda_runtime {
         e.stats.explained(Explanation::LambdaRuntime);
+        sight(e, key, ev, cred, origin, HomeTag::LambdaRuntime, None, t, pos, expires);
         consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
         let outcome = e.store.update(key, |cur| match cur {
             Some(s) if s.tag() == HomeTag::LambdaRuntime || (s.expires as i64) < t => {
@@ -156,7 +154,6 @@ pub(crate) fn check(
                 )),
                 Outcome::Pair {
                     stored: e.store.evidence(s),
-                    this_is_first: true,
                 },
             ),
             None => (
@@ -172,28 +169,31 @@ pub(crate) fn check(
                 Outcome::Locked,
             ),
         });
-        report(e, ev, cred, origin, t, pos, outcome, sev, out);
+        contend(e, key, ev, cred, origin, t, pos, outcome, expires);
         return;
     }
 
     let Some((tag, value)) = home_of(origin, e.cfg.detection.ipv6_prefix_len) else {
         return;
     };
+    let _ = out;
     let addr = origin.ip();
     // Explanations that do not depend on the session's state.
-    let allow = e.allow_check(addr, session_account, cred, t);
+    let allow = e.allow_check(addr, session_account, cred.role, t);
     if allow.applied {
         e.stats.explained(Explanation::AllowList);
         e.store
-            .add_explained(key, origin.to_string(), allow.detail, expires);
+            .add_explained(key, origin.to_string(), allow.detail, t, expires);
         return;
     }
+    // A contested session keeps the earliest event from every origin until it is settled.
+    sight(e, key, ev, cred, origin, tag, Some(&value), t, pos, expires);
     let credited = |e: &Engine| {
-        let credit = e.credit_check(cred, addr);
+        let credit = e.credit_check(cred.instance_id.as_deref(), cred.class.as_str(), addr, t);
         if credit.applied {
             e.stats.explained(Explanation::InstanceAddress);
             e.store
-                .add_explained(key, origin.to_string(), credit.detail, expires);
+                .add_explained(key, origin.to_string(), credit.detail, t, expires);
         }
         credit.applied
     };
@@ -212,10 +212,6 @@ pub(crate) fn check(
             return;
         }
     }
-    let reset = cred
-        .instance_id
-        .as_deref()
-        .and_then(|i| e.instances.reset_at(i));
     let outcome = e.store.update(key, |cur| {
         let fresh = |exp: i64| Update::Replace(new_home(e, ev, tag, Some(&value), t, exp, cred));
         let Some(s) = cur else {
@@ -230,7 +226,6 @@ pub(crate) fn check(
                 Update::Touch { expires },
                 Outcome::Pair {
                     stored: e.store.evidence(s),
-                    this_is_first: false,
                 },
             );
         }
@@ -241,11 +236,8 @@ pub(crate) fn check(
             }
             return (Update::Touch { expires }, Outcome::Home);
         }
-        if let Some(r) = reset {
-            if r > first && t >= r {
-                return (fresh(expires), Outcome::Reset);
-            }
-        }
+        // A restart of the instance since the home's first event may explain this origin:
+        // that is for settling to decide, once the restart (on any shard) has surely arrived.
         if t + class_max < first {
             return (Update::Keep, Outcome::TooOld);
         }
@@ -255,7 +247,6 @@ pub(crate) fn check(
                 fresh(expires.max(s_expires)),
                 Outcome::Pair {
                     stored: e.store.evidence(s),
-                    this_is_first: true,
                 },
             );
         }
@@ -263,7 +254,6 @@ pub(crate) fn check(
             Update::Touch { expires },
             Outcome::Pair {
                 stored: e.store.evidence(s),
-                this_is_first: false,
             },
         )
     });
@@ -272,7 +262,7 @@ pub(crate) fn check(
             .late_events
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    report(e, ev, cred, origin, t, pos, outcome, sev, out);
+    contend(e, key, ev, cred, origin, t, pos, outcome, expires);
 }
 
 /// With a shared store: when this event would start a session or give it a second origin,
@@ -362,7 +352,7 @@ fn home_parts<'a>(
     value: Option<&'a HomeValue>,
     t: i64,
     expires: i64,
-    cred: &Credential<'_>,
+    cred: &'a Credential<'_>,
 ) -> NewHome<'a> {
     NewHome {
         tag,
@@ -372,6 +362,10 @@ fn home_parts<'a>(
         expires,
         user_agent: ev.user_agent(),
         class: cred.class as u8,
+        event_source: Some(ev.event_source()).filter(|x| !x.is_empty()),
+        event_name: Some(ev.event_name()).filter(|x| !x.is_empty()),
+        access_key_id: (cred.session_key != cred.access_key_id).then_some(cred.access_key_id),
+        error_code: ev.error_code.as_deref().filter(|c| !c.is_empty()),
     }
 }
 
@@ -399,154 +393,117 @@ fn base(ev: &CloudTrailEvent<'_>, cred: &Credential<'_>, t: i64) -> Finding {
         detected_at: chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string(),
+        released_early: None,
         claim: None,
     }
 }
 
-fn stored_evidence(role: &str, h: &HomeEvidence) -> EventEvidence {
-    EventEvidence {
-        role: role.into(),
-        event_id: h.event_id.clone(),
-        event_time: format_time(h.time),
-        event_name: None,
-        event_source: None,
-        origin_kind: h.tag.origin_class().as_str().into(),
-        origin: h.origin.clone(),
-        user_agent: h.user_agent.clone(),
-        access_key_id: None,
-        source: None,
+/// The compared value of an origin, as contests key their sightings.
+fn value_text(value: Option<&HomeValue>) -> String {
+    match value {
+        None => "lambda-runtime".to_string(),
+        Some(HomeValue::V4(a)) => a.to_string(),
+        Some(HomeValue::Text(t)) => t.clone(),
     }
 }
 
+/// This event as a sighting of its origin.
 #[allow(clippy::too_many_arguments)]
-fn report(
+fn this_sighting(
+    ev: &CloudTrailEvent<'_>,
+    origin: &Origin<'_>,
+    tag: HomeTag,
+    value: Option<&HomeValue>,
+    t: i64,
+    pos: &Position<'_>,
+    expires: i64,
+) -> Sighting {
+    Sighting {
+        value: value_text(value),
+        tag,
+        time: t,
+        evidence: event_evidence("second", ev, origin, t, pos),
+        error_code: ev
+            .error_code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
+        arrived: wall_now(),
+        expires,
+    }
+}
+
+/// Adds this event to its session's contest, if the session is contested.
+#[allow(clippy::too_many_arguments)]
+fn sight(
     e: &Engine,
+    key: crate::engine::store::Key,
+    ev: &CloudTrailEvent<'_>,
+    _cred: &Credential<'_>,
+    origin: &Origin<'_>,
+    tag: HomeTag,
+    value: Option<&HomeValue>,
+    t: i64,
+    pos: &Position<'_>,
+    expires: i64,
+) {
+    if e.pending.is_contested(key) {
+        let lateness = e.cfg.detection.allowed_lateness_secs as i64;
+        e.pending.sight(
+            key,
+            this_sighting(ev, origin, tag, value, t, pos, expires),
+            lateness,
+        );
+    }
+}
+
+/// Two origins for one session: opens its contest with both sightings; settling decides.
+#[allow(clippy::too_many_arguments)]
+fn contend(
+    e: &Engine,
+    key: crate::engine::store::Key,
     ev: &CloudTrailEvent<'_>,
     cred: &Credential<'_>,
     origin: &Origin<'_>,
     t: i64,
     pos: &Position<'_>,
     outcome: Outcome,
-    sev: crate::finding::Severity,
-    out: &mut Vec<Finding>,
+    expires: i64,
 ) {
-    let Outcome::Pair {
-        stored,
-        this_is_first,
-    } = outcome
-    else {
+    let Outcome::Pair { stored, .. } = outcome else {
         return;
     };
-    let this = |role: &str| event_evidence(role, ev, origin, t, pos);
-    let (first, second) = if this_is_first {
-        (this("first"), stored_evidence("second", &stored))
+    let (tag, value) = if cred.lambda_runtime {
+        (HomeTag::LambdaRuntime, None)
     } else {
-        (stored_evidence("first", &stored), this("second"))
+        match home_of(origin, e.cfg.detection.ipv6_prefix_len) {
+            Some((tag, v)) => (tag, Some(v)),
+            None => return,
+        }
     };
-    let lambda = stored.tag == HomeTag::LambdaRuntime || cred.lambda_runtime;
-    // The dedup and the id name the outside origin (for Lambda, the one without markers).
-    let outside = if lambda && cred.lambda_runtime {
-        &stored.origin
-    } else {
-        &second.origin
+    let keyed = (cred.session_key == cred.access_key_id).then_some(cred.session_key.as_str());
+    let home = sighting_of_home(
+        &stored,
+        value_text(crate::engine::store::value_of(&stored).as_ref()),
+        keyed,
+        wall_now(),
+    );
+    let this = this_sighting(ev, origin, tag, value.as_ref(), t, pos, expires);
+    let base = Contest {
+        session_key: cred.session_key.clone(),
+        session_display: cred.session_display.clone(),
+        credential_class: cred.class.as_str().to_string(),
+        instance_id: cred.instance_id.clone(),
+        role: cred.role.map(str::to_string),
+        account_id: ev.account_id().map(str::to_string),
+        principal_arn: ev.arn().map(str::to_string),
+        ..Contest::default()
     };
-    let dedup = key_of_parts(&[
-        RULE.as_bytes(),
-        cred.session_key.as_bytes(),
-        outside.as_bytes(),
-    ]);
-    let expires = stored.expires.max(t);
-    if !e.store.mark_reported(dedup, expires) {
-        e.stats
-            .suppressed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return;
-    }
-    let home_time = parse_time(&first.event_time).unwrap_or(t);
-    let mut checks = Vec::new();
-    let (title, outside_class) = if lambda {
-        let markers = e.cfg.detection.lambda_user_agent_markers.join(", ");
-        checks.push(ExceptionCheck {
-            exception: Explanation::LambdaRuntime.as_str().into(),
-            applied: false,
-            detail: format!(
-                "the call from {outside} carries none of the Lambda runtime markers ({markers})"
-            ),
-        });
-        (
-            format!(
-                "Lambda credentials of {} used outside the Lambda runtime, from {outside}",
-                cred.session_display
-            ),
-            if cred.lambda_runtime {
-                stored.tag.origin_class()
-            } else {
-                origin.class()
-            },
-        )
-    } else {
-        (
-            format!(
-                "{} used from a second origin {} (home {} since {})",
-                cred.session_display, second.origin, first.origin, first.event_time
-            ),
-            if this_is_first {
-                stored.tag.origin_class()
-            } else {
-                origin.class()
-            },
-        )
-    };
-    let outside_addr: Option<IpAddr> = outside.parse().ok();
-    if outside_class != OriginClass::AwsService {
-        checks.extend(e.origin_checks(outside_class, outside));
-    }
-    checks.push(e.credit_check(cred, outside_addr));
-    checks.push(e.allow_check(outside_addr, ev.account_id(), cred, t));
-    if let Some(instance) = cred.instance_id.as_deref() {
-        let detail = match e.instances.reset_at(instance) {
-            Some(r) => format!(
-                "last StartInstances/RunInstances of {instance} at {}, not between the two events",
-                format_time(r)
-            ),
-            None => format!("no StartInstances or RunInstances of {instance} seen"),
-        };
-        checks.push(ExceptionCheck {
-            exception: "instance_restart".into(),
-            applied: false,
-            detail,
-        });
-    }
-    let explained = e.store.explained(key_of(&cred.session_key));
-    if !explained.is_empty() {
-        let list: Vec<String> = explained
-            .iter()
-            .map(|x| format!("{} ({})", x.origin, x.reason))
-            .collect();
-        checks.push(ExceptionCheck {
-            exception: "explained_so_far".into(),
-            applied: false,
-            detail: format!(
-                "origins explained earlier in this session: {}",
-                list.join("; ")
-            ),
-        });
-    }
-    let latest = home_time.max(parse_time(&second.event_time).unwrap_or(t));
-    let claim = Some(Claim {
-        key: finding_id(&[RULE, &cred.session_key, outside]),
-        until: expires,
-    });
-    out.push(Finding {
-        id: finding_id(&[RULE, &cred.session_key, outside, &home_time.to_string()]),
-        rule: RULE.into(),
-        severity: sev,
-        title,
-        event_ids: vec![first.event_id.clone(), second.event_id.clone()],
-        events: vec![first, second],
-        exceptions_checked: checks,
-        event_time: format_time(latest),
-        claim,
-        ..base(ev, cred, t)
-    });
+    e.pending.contest(
+        key,
+        base,
+        home,
+        this,
+        e.cfg.detection.allowed_lateness_secs as i64,
+    );
 }

@@ -1,0 +1,562 @@
+//! Settling: a `session_token_reuse` candidate becomes a finding only when nothing that could
+//! change it can still arrive.
+//!
+//! Kinesis orders records only within a shard, so the call that explains a new origin (an
+//! `AssociateAddress`, a `StartInstances`) or an earlier home may arrive after the use it
+//! explains. The engine therefore keeps, for every session that has been seen from more than
+//! one origin (a *contest*), the earliest event from each origin (a *sighting*), and judges a
+//! sighting only when the event-time low watermark over every shard has passed its time plus
+//! `detection.allowed_lateness_secs` (or it has been held `max_hold_secs` of wall time).
+//!
+//! The judgement is a function of the set of events, not of their order:
+//! - the home is the session's earliest sighting (a Lambda session's earliest runtime call,
+//!   when there is one);
+//! - every other origin is judged at its earliest event, in time order: explained when the
+//!   instance book credits the address by a call not later than that event; explained when
+//!   the instance restarted after the home's first event and this origin is the first new one
+//!   since that restart; otherwise a finding (home, this origin).
+//!
+//! So `run` (whatever order shards deliver in) and `hunt` (settling everything at the end) give
+//! the same findings with the same ids and evidence. Event rules (one event, no window) do not
+//! come here: they are reported at once.
+
+pub mod watermark;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::origin::OriginClass;
+use crate::engine::store::{key_of_parts, HomeEvidence, HomeTag, Key, Map};
+use crate::engine::{Engine, Explanation};
+use crate::event::format_time;
+use crate::finding::{finding_id, Claim, EventEvidence, ExceptionCheck, Finding, Severity};
+use crate::rules::session_token_reuse::RULE;
+
+/// The most origins remembered per contested session.
+pub const MAX_SIGHTINGS: usize = 32;
+
+/// The earliest event seen from one origin of a contested session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sighting {
+    /// The compared origin value (IPv6 masked to the configured prefix).
+    pub value: String,
+    pub tag: HomeTag,
+    pub time: i64,
+    pub evidence: EventEvidence,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Wall-clock second it arrived here (for `max_hold_secs`).
+    pub arrived: i64,
+    pub expires: i64,
+}
+
+/// A session seen from more than one origin, waiting to be settled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Contest {
+    pub session_key: String,
+    pub session_display: String,
+    pub credential_class: String,
+    pub instance_id: Option<String>,
+    pub role: Option<String>,
+    pub account_id: Option<String>,
+    pub principal_arn: Option<String>,
+    pub sightings: Vec<Sighting>,
+    /// Origin values already judged (their outcome is final).
+    pub decided: Vec<String>,
+}
+
+impl Contest {
+    /// Adds a sighting, keeping the earliest event per origin (ties broken by event id), so the
+    /// contest holds the same sightings whatever order its events arrived in.
+    pub fn sight(&mut self, s: Sighting) {
+        if let Some(cur) = self.sightings.iter_mut().find(|x| x.value == s.value) {
+            if (s.time, &s.evidence.event_id) < (cur.time, &cur.evidence.event_id) {
+                let arrived = cur.arrived.min(s.arrived);
+                *cur = Sighting { arrived, ..s };
+            }
+            return;
+        }
+        if self.sightings.len() < MAX_SIGHTINGS {
+            self.sightings.push(s);
+        }
+    }
+
+    fn expires(&self) -> i64 {
+        self.sightings.iter().map(|s| s.expires).max().unwrap_or(0)
+    }
+}
+
+/// Counters for the metrics layer.
+#[derive(Default)]
+pub struct SettleStats {
+    /// Candidates turned into findings, by how: the watermark passed, or `max_hold_secs`.
+    pub settled: AtomicU64,
+    pub released_early: AtomicU64,
+    /// Candidates a later credit, restart or earlier home explained before they were final.
+    pub withdrawn: AtomicU64,
+    /// Sightings that arrived after the watermark had already passed them.
+    pub late: AtomicU64,
+}
+
+/// The contested sessions, shared by every consumer task.
+#[derive(Default)]
+pub struct Pending {
+    contests: Map<Contest>,
+    /// The last watermark candidates were settled against (event time, seconds).
+    settled_at: AtomicI64,
+    pub stats: SettleStats,
+}
+
+/// What the watermark and the wall clock allow when settling.
+#[derive(Debug, Clone, Copy)]
+pub struct SettleAt {
+    /// The event-time low watermark over every shard (`i64::MAX`: everything has arrived).
+    pub watermark: i64,
+    /// Wall-clock seconds, for `max_hold_secs` (`None`: never release early, as in `hunt`).
+    pub now: Option<i64>,
+}
+
+impl SettleAt {
+    /// Everything has arrived (the end of a hunt).
+    pub const END: SettleAt = SettleAt {
+        watermark: i64::MAX,
+        now: None,
+    };
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.contests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.contests.is_empty()
+    }
+
+    /// Sightings still waiting for the watermark.
+    pub fn waiting(&self) -> usize {
+        self.contests
+            .iter()
+            .map(|c| {
+                c.sightings
+                    .iter()
+                    .filter(|s| !c.decided.contains(&s.value))
+                    .count()
+                    .saturating_sub(1)
+            })
+            .sum()
+    }
+
+    pub fn is_contested(&self, key: Key) -> bool {
+        self.contests.contains_key(&key)
+    }
+
+    /// Adds a sighting to a contested session; false when the session is not contested.
+    pub fn sight(&self, key: Key, s: Sighting, lateness: i64) -> bool {
+        match self.contests.get_mut(&key) {
+            Some(mut c) => {
+                self.count_late(&s, lateness);
+                c.sight(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Opens (or adds to) the contest of a session with its two sightings.
+    pub fn contest(&self, key: Key, base: Contest, a: Sighting, b: Sighting, lateness: i64) {
+        self.count_late(&b, lateness);
+        let mut c = self.contests.entry(key).or_insert(base);
+        c.sight(a);
+        c.sight(b);
+    }
+
+    fn count_late(&self, s: &Sighting, lateness: i64) {
+        let w = self.settled_at.load(Relaxed);
+        if w > 0 && s.time.saturating_add(lateness) < w {
+            self.stats.late.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The watermark of the last settle pass.
+    pub fn settled_at(&self) -> i64 {
+        self.settled_at.load(Relaxed)
+    }
+
+    /// Drops contests whose sessions expired before `now`, once they hold nothing undecided.
+    pub fn sweep(&self, now: i64) {
+        self.contests.retain(|_, c| {
+            c.expires() >= now
+                || c.sightings
+                    .iter()
+                    .skip(1)
+                    .any(|s| !c.decided.contains(&s.value))
+        });
+    }
+
+    pub fn snapshot(&self) -> Vec<(u64, Contest)> {
+        self.contests
+            .iter()
+            .map(|e| (u64::from_le_bytes(*e.key()), e.value().clone()))
+            .collect()
+    }
+
+    pub fn restore(&self, contests: &[(u64, Contest)]) {
+        for (k, c) in contests {
+            self.contests.insert(k.to_le_bytes(), c.clone());
+        }
+    }
+}
+
+/// One origin's judgement.
+enum Verdict {
+    Explained(Explanation, String),
+    Restart(String),
+    Finding,
+}
+
+impl Engine {
+    /// Settles every contested session against `at`: returns the findings that became final.
+    pub fn settle(&self, at: SettleAt) -> Vec<Finding> {
+        let pending = &self.pending;
+        if at.watermark != i64::MAX {
+            pending.settled_at.fetch_max(at.watermark, Relaxed);
+        }
+        if pending.is_empty() {
+            return vec![];
+        }
+        let lateness = self.cfg.detection.allowed_lateness_secs as i64;
+        let max_hold = self.cfg.detection.max_hold_secs as i64;
+        let is_final = |s: &Sighting, later: i64| {
+            at.watermark == i64::MAX
+                || at.watermark >= later.saturating_add(lateness)
+                || at.now.is_some_and(|now| now - s.arrived >= max_hold)
+        };
+        // Keys first: no map lock is held while judging (the judge reads the other maps, and
+        // with several workers, the shared control-plane log).
+        let ready: Vec<Key> = pending
+            .contests
+            .iter()
+            .filter(|c| {
+                let home_time = home_of(c).map_or(i64::MIN, |h| h.time);
+                c.sightings
+                    .iter()
+                    .any(|s| !c.decided.contains(&s.value) && is_final(s, s.time.max(home_time)))
+            })
+            .map(|c| *c.key())
+            .collect();
+        if ready.is_empty() {
+            return vec![];
+        }
+        if self.authority.is_some() && self.sync_control() > 0 {
+            tracing::debug!("read shared control-plane events before settling");
+        }
+        let mut out = Vec::new();
+        for key in ready {
+            let Some(mut c) = pending.contests.get(&key).map(|c| c.clone()) else {
+                continue;
+            };
+            let decided_before = c.decided.len();
+            self.judge(key, &mut c, at, lateness, &is_final, &mut out);
+            if c.decided.len() != decided_before {
+                if let Some(mut cur) = pending.contests.get_mut(&key) {
+                    for v in &c.decided {
+                        if !cur.decided.contains(v) {
+                            cur.decided.push(v.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn judge(
+        &self,
+        key: Key,
+        c: &mut Contest,
+        at: SettleAt,
+        lateness: i64,
+        is_final: &dyn Fn(&Sighting, i64) -> bool,
+        out: &mut Vec<Finding>,
+    ) {
+        let Some(sev) = self.rules.get(RULE) else {
+            return;
+        };
+        let mut order: Vec<Sighting> = c.sightings.clone();
+        order.sort_by(|a, b| (a.time, &a.evidence.event_id).cmp(&(b.time, &b.evidence.event_id)));
+        let Some(home) = home_of(c).cloned() else {
+            return;
+        };
+        let lambda = home.tag == HomeTag::LambdaRuntime;
+        let mut restarts_used: Vec<i64> = Vec::new();
+        for s in order.iter().filter(|s| s.value != home.value) {
+            let later = s.time.max(home.time);
+            if !is_final(s, later) {
+                if lambda {
+                    continue;
+                }
+                // Later origins depend on this one (a restart explains only the first).
+                break;
+            }
+            let verdict = if lambda {
+                Verdict::Finding
+            } else {
+                self.verdict(c, &home, s, &mut restarts_used)
+            };
+            if c.decided.contains(&s.value) {
+                continue;
+            }
+            c.decided.push(s.value.clone());
+            match verdict {
+                Verdict::Explained(how, detail) => {
+                    self.pending.stats.withdrawn.fetch_add(1, Relaxed);
+                    self.stats.explained(how);
+                    self.store
+                        .add_explained(key, s.evidence.origin.clone(), detail, s.time, s.expires);
+                }
+                Verdict::Restart(detail) => {
+                    self.pending.stats.withdrawn.fetch_add(1, Relaxed);
+                    self.store
+                        .add_explained(key, s.evidence.origin.clone(), detail, s.time, s.expires);
+                }
+                Verdict::Finding => {
+                    let released = at.watermark != i64::MAX
+                        && at.watermark < later.saturating_add(lateness);
+                    if let Some(f) = self.finding(key, c, &home, s, lambda, sev, released, at) {
+                        if released {
+                            self.pending.stats.released_early.fetch_add(1, Relaxed);
+                        } else {
+                            self.pending.stats.settled.fetch_add(1, Relaxed);
+                        }
+                        out.push(f);
+                    }
+                }
+            }
+        }
+    }
+
+    fn verdict(
+        &self,
+        c: &Contest,
+        home: &Sighting,
+        s: &Sighting,
+        restarts_used: &mut Vec<i64>,
+    ) -> Verdict {
+        let Some(instance) = c.instance_id.as_deref() else {
+            return Verdict::Finding;
+        };
+        if let Some(addr) = s.evidence.origin.parse::<IpAddr>().ok() {
+            if let Some(call) = self.instances.credit_for(instance, addr, s.time) {
+                return Verdict::Explained(
+                    Explanation::InstanceAddress,
+                    format!("{addr} was given to {instance} by {call}"),
+                );
+            }
+        }
+        // A restart after the home's first event explains the first new origin after it.
+        let mut after = home.time;
+        while let Some(r) = self.instances.reset_between(instance, after, s.time) {
+            if !restarts_used.contains(&r) {
+                restarts_used.push(r);
+                return Verdict::Restart(format!(
+                    "{instance} was restarted at {} (StartInstances/RunInstances); first new origin since",
+                    format_time(r)
+                ));
+            }
+            after = r;
+        }
+        Verdict::Finding
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finding(
+        &self,
+        key: Key,
+        c: &Contest,
+        home: &Sighting,
+        s: &Sighting,
+        lambda: bool,
+        sev: Severity,
+        released: bool,
+        at: SettleAt,
+    ) -> Option<Finding> {
+        // Evidence in time order: the earlier event first.
+        let (first, second) = if home.time <= s.time || !lambda {
+            (home, s)
+        } else {
+            (s, home)
+        };
+        let outside = &s.evidence.origin;
+        let dedup = key_of_parts(&[RULE.as_bytes(), c.session_key.as_bytes(), outside.as_bytes()]);
+        let expires = home.expires.max(s.expires);
+        if !self.store.mark_reported(dedup, expires) {
+            self.stats.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        let mut checks = Vec::new();
+        let outside_class = OriginClass::parse(&s.evidence.origin_kind);
+        let title = if lambda {
+            let markers = self.cfg.detection.lambda_user_agent_markers.join(", ");
+            checks.push(ExceptionCheck {
+                exception: Explanation::LambdaRuntime.as_str().into(),
+                applied: false,
+                detail: format!(
+                    "the call from {outside} carries none of the Lambda runtime markers ({markers})"
+                ),
+            });
+            format!(
+                "Lambda credentials of {} used outside the Lambda runtime, from {outside}",
+                c.session_display
+            )
+        } else {
+            format!(
+                "{} used from a second origin {} (home {} since {})",
+                c.session_display, outside, home.evidence.origin, home.evidence.event_time
+            )
+        };
+        let addr: Option<IpAddr> = outside.parse().ok();
+        if outside_class != OriginClass::AwsService {
+            checks.extend(self.origin_checks(outside_class, outside));
+        }
+        checks.push(self.credit_check(
+            c.instance_id.as_deref(),
+            &c.credential_class,
+            addr,
+            s.time,
+        ));
+        checks.push(self.allow_check(
+            addr,
+            c.account_id.as_deref(),
+            c.role.as_deref(),
+            s.time,
+        ));
+        if let Some(instance) = c.instance_id.as_deref() {
+            let detail = match self.instances.reset_before(instance, s.time) {
+                Some(r) => format!(
+                    "last StartInstances/RunInstances of {instance} at {}, not between the two events",
+                    format_time(r)
+                ),
+                None => format!("no StartInstances or RunInstances of {instance} seen"),
+            };
+            checks.push(ExceptionCheck {
+                exception: "instance_restart".into(),
+                applied: false,
+                detail,
+            });
+        }
+        let mut explained: Vec<_> = self
+            .store
+            .explained(key)
+            .into_iter()
+            .filter(|x| x.time <= s.time)
+            .collect();
+        explained.sort_by(|a, b| (a.time, &a.origin).cmp(&(b.time, &b.origin)));
+        if !explained.is_empty() {
+            let list: Vec<String> = explained
+                .iter()
+                .map(|x| format!("{} ({})", x.origin, x.reason))
+                .collect();
+            checks.push(ExceptionCheck {
+                exception: "explained_so_far".into(),
+                applied: false,
+                detail: format!(
+                    "origins explained earlier in this session: {}",
+                    list.join("; ")
+                ),
+            });
+        }
+        let released_early = released.then(|| {
+            format!(
+                "released after max_hold_secs = {} s of wall time: the stream's event-time watermark ({}) had not passed this event ({}) plus allowed_lateness_secs = {}; the stream was behind",
+                self.cfg.detection.max_hold_secs,
+                format_time(at.watermark.max(0)),
+                s.evidence.event_time,
+                self.cfg.detection.allowed_lateness_secs
+            )
+        });
+        let mut e1 = first.evidence.clone();
+        e1.role = "first".into();
+        let mut e2 = second.evidence.clone();
+        e2.role = "second".into();
+        let error_code = s.error_code.clone();
+        Some(Finding {
+            id: finding_id(&[RULE, &c.session_key, outside, &home.time.to_string()]),
+            rule: RULE.into(),
+            severity: sev,
+            title,
+            account_id: c.account_id.clone(),
+            // The key used from the second origin.
+            access_key_id: s.evidence.access_key_id.clone(),
+            session: Some(c.session_display.clone()),
+            credential_class: Some(c.credential_class.clone()),
+            principal_arn: c.principal_arn.clone(),
+            error_code,
+            event_ids: vec![e1.event_id.clone(), e2.event_id.clone()],
+            events: vec![e1, e2],
+            exceptions_checked: checks,
+            event_time: format_time(first.time.max(second.time)),
+            detected_at: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string(),
+            released_early,
+            claim: Some(Claim {
+                key: finding_id(&[RULE, &c.session_key, outside]),
+                until: expires,
+            }),
+        })
+    }
+}
+
+/// The home of a contest: the earliest Lambda runtime sighting if there is one, else the
+/// earliest sighting.
+fn home_of(c: &Contest) -> Option<&Sighting> {
+    let order = |a: &&Sighting, b: &&Sighting| {
+        (a.time, &a.evidence.event_id).cmp(&(b.time, &b.evidence.event_id))
+    };
+    c.sightings
+        .iter()
+        .filter(|s| s.tag == HomeTag::LambdaRuntime)
+        .min_by(order)
+        .or_else(|| c.sightings.iter().min_by(order))
+}
+
+/// A session's stored home as a sighting (its evidence as the store keeps it: no source
+/// position; the access key is the session key when the session is keyed by it).
+pub fn sighting_of_home(
+    h: &HomeEvidence,
+    value: String,
+    keyed_by_access_key: Option<&str>,
+    arrived: i64,
+) -> Sighting {
+    Sighting {
+        value,
+        tag: h.tag,
+        time: h.time,
+        evidence: EventEvidence {
+            role: "first".into(),
+            event_id: h.event_id.clone(),
+            event_time: format_time(h.time),
+            event_name: h.event_name.clone(),
+            event_source: h.event_source.clone(),
+            origin_kind: h.tag.origin_class().as_str().into(),
+            origin: h.origin.clone(),
+            user_agent: h.user_agent.clone(),
+            access_key_id: h
+                .access_key_id
+                .clone()
+                .or_else(|| keyed_by_access_key.map(str::to_string)),
+            source: None,
+        },
+        error_code: h.error_code.clone(),
+        arrived,
+        expires: h.expires,
+    }
+}
+
+/// Wall-clock seconds now.
+pub fn wall_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
