@@ -189,6 +189,7 @@ pub(crate) fn test_finding(id: &str) -> Finding {
         exceptions_checked: vec![],
         event_time: "2024-01-01T00:00:00Z".into(),
         detected_at: "2024-01-01T00:00:00.000Z".into(),
+        released_early: None,
         claim: None,
     }
 }

@@ -936,6 +936,7 @@ mod tests {
                 .process_json(&second, pos)
                 .expect("second event parses"),
         );
+        findings.extend(engine.settle(crate::settle::SettleAt::END));
         assert!(
             findings.iter().any(|f| f.rule == "session_token_reuse"),
             "the pair should give a finding: {findings:?}"

@@ -3,6 +3,7 @@
 use credwatch::config::Config;
 use credwatch::engine::{Engine, Position};
 use credwatch::finding::{Finding, Severity};
+use credwatch::settle::SettleAt;
 use serde_json::{json, Value};
 
 const ACCT: &str = "111122223333";
@@ -104,6 +105,8 @@ fn run_with(cfg: &Config, events: &[Ev]) -> Vec<Finding> {
                 .expect("event parses"),
         );
     }
+    // Everything has arrived: the contested sessions settle.
+    out.extend(engine.settle(SettleAt::END));
     out
 }
 
@@ -651,7 +654,7 @@ fn a_snapshot_keeps_the_locks_it_had_learned() {
     let snap = serde_json::to_string(&a.snapshot()).unwrap();
     let b = Engine::new(&Config::default());
     b.restore(&serde_json::from_str(&snap).unwrap());
-    let got = b
+    assert!(b
         .process_json(
             &Ev::ec2("ASIA1", INST, EVIL, T0 + 5).text(),
             Position {
@@ -659,7 +662,9 @@ fn a_snapshot_keeps_the_locks_it_had_learned() {
                 index: 1,
             },
         )
-        .unwrap();
+        .unwrap()
+        .is_empty());
+    let got = b.settle(SettleAt::END);
     assert_eq!(rules(&got), vec!["session_token_reuse"]);
     assert_eq!(got[0].events[0].origin, HOME);
 }
@@ -725,16 +730,29 @@ mod properties {
                     },
                 )
                 .expect("event parses");
-            for f in found {
-                let (key, until) = f.claim_key();
-                let t = credwatch::event::parse_time(&f.event_time).unwrap();
-                if claims.get(&key).is_none_or(|u| *u < t) {
-                    claims.insert(key, until);
-                    out.push(f);
-                }
-            }
+            claim(&mut claims, &mut out, found);
+        }
+        // Everything has arrived: every worker settles its contested sessions.
+        for w in &engines {
+            claim(&mut claims, &mut out, w.settle(SettleAt::END));
         }
         out
+    }
+
+    /// Keeps the findings whose claim is free, as the state table's claims do.
+    fn claim(
+        claims: &mut std::collections::HashMap<String, i64>,
+        out: &mut Vec<Finding>,
+        found: Vec<Finding>,
+    ) {
+        for f in found {
+            let (key, until) = f.claim_key();
+            let t = credwatch::event::parse_time(&f.event_time).unwrap();
+            if claims.get(&key).is_none_or(|u| *u < t) {
+                claims.insert(key, until);
+                out.push(f);
+            }
+        }
     }
 
     fn claims(findings: &[Finding]) -> Vec<String> {
@@ -778,6 +796,14 @@ mod properties {
     }
 }
 
+/// Every worker settles its contested sessions (everything has arrived).
+fn settle_all(workers: &[&Engine]) -> Vec<Finding> {
+    workers
+        .iter()
+        .flat_map(|w| w.settle(SettleAt::END))
+        .collect()
+}
+
 #[test]
 fn two_workers_sharing_a_store_report_a_session_split_between_them_once() {
     let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
@@ -791,17 +817,19 @@ fn two_workers_sharing_a_store_report_a_session_split_between_them_once() {
     let evil = Ev::ec2("ASIAHOME", INST, EVIL, T0 + 60);
     // The attacker's call reaches worker B first; the home call, earlier, reaches A later.
     assert!(b.process_json(&evil.text(), pos).unwrap().is_empty());
-    let found = a.process_json(&home.text(), pos).unwrap();
+    assert!(a.process_json(&home.text(), pos).unwrap().is_empty());
+    let found = settle_all(&[&a, &b]);
     assert_eq!(rules(&found), vec!["session_token_reuse"]);
     let f = &found[0];
     assert_eq!(f.events[0].origin, HOME, "the earlier event is the home");
     assert_eq!(f.events[1].origin, EVIL);
     assert_eq!(f.events[1].event_id, evil.0["eventID"].as_str().unwrap());
     // More calls from both origins on either worker: the same claim, never a new one.
-    let more: Vec<Finding> = [(&a, &evil), (&b, &home), (&b, &evil)]
+    let mut more: Vec<Finding> = [(&a, &evil), (&b, &home), (&b, &evil)]
         .iter()
         .flat_map(|(w, e)| w.process_json(&e.text(), pos).unwrap())
         .collect();
+    more.extend(settle_all(&[&a, &b]));
     assert!(
         more.iter().all(|g| g.claim_key() == f.claim_key()),
         "{more:?}"
@@ -821,9 +849,11 @@ fn an_unreachable_shared_store_leaves_the_decision_to_the_local_store() {
         .process_json(&Ev::ec2("ASIADOWN", INST, HOME, T0).text(), pos)
         .unwrap()
         .is_empty());
-    let found = a
+    assert!(a
         .process_json(&Ev::ec2("ASIADOWN", INST, EVIL, T0 + 5).text(), pos)
-        .unwrap();
+        .unwrap()
+        .is_empty());
+    let found = a.settle(SettleAt::END);
     assert_eq!(rules(&found), vec!["session_token_reuse"]);
     let s = &a.stats;
     assert_eq!(
@@ -850,6 +880,7 @@ fn an_address_given_on_one_worker_explains_the_move_seen_on_another() {
         index: 0,
     };
     let run = |w: usize, e: &Ev| workers[w].process_json(&e.text(), pos).unwrap();
+    let settled = || settle_all(&workers.iter().collect::<Vec<_>>());
     // The allocation, the association and the session's calls each reach a different worker.
     assert!(run(0, &Ev::ec2("ASIA1", INST, HOME, T0)).is_empty());
     assert!(run(
@@ -885,7 +916,13 @@ fn an_address_given_on_one_worker_explains_the_move_seen_on_another() {
         moved.is_empty(),
         "explained by the shared association: {moved:?}"
     );
-    // A restart seen by another worker begins a new home too.
+    let moved = settled();
+    assert!(
+        moved.is_empty(),
+        "explained by the shared association: {moved:?}"
+    );
+    // A restart seen by another worker explains the first new origin after it (the home
+    // stays the home).
     assert!(run(
         1,
         &Ev::base(
@@ -901,18 +938,22 @@ fn an_address_given_on_one_worker_explains_the_move_seen_on_another() {
     )
     .is_empty());
     let after = run(2, &Ev::ec2("ASIA1", INST, "54.99.0.1", T0 + 160));
-    assert!(after.is_empty(), "a new home after the restart: {after:?}");
+    assert!(after.is_empty(), "{after:?}");
+    let after = settled();
+    assert!(
+        after.is_empty(),
+        "the first new origin after the restart is explained: {after:?}"
+    );
     // Without the shared log, the same split reports the move.
     let alone = Engine::new(&Config::default());
-    alone
-        .process_json(&Ev::ec2("ASIA2", INST, HOME, T0).text(), pos)
-        .unwrap();
+    for e in [
+        Ev::ec2("ASIA2", INST, HOME, T0),
+        Ev::ec2("ASIA2", INST, EVIL, T0 + 60),
+    ] {
+        assert!(alone.process_json(&e.text(), pos).unwrap().is_empty());
+    }
     assert_eq!(
-        rules(
-            &alone
-                .process_json(&Ev::ec2("ASIA2", INST, EVIL, T0 + 60).text(), pos)
-                .unwrap()
-        ),
+        rules(&alone.settle(SettleAt::END)),
         vec!["session_token_reuse"]
     );
 }

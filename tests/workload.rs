@@ -853,6 +853,7 @@ async fn replayed_envelopes_are_well_formed_and_run_turns_them_into_the_expected
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("CREDWATCH_LOG", "info")
         .env("CREDWATCH_KINESIS__POLL_INTERVAL_MS", "200")
+        .env("CREDWATCH_DETECTION__IDLE_SECS", "2")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.path().join("run.err")).unwrap())
@@ -897,4 +898,104 @@ async fn replayed_envelopes_are_well_formed_and_run_turns_them_into_the_expected
     assert_eq!(v["delays"]["reference"], "sent_at", "{report}");
     assert_eq!(v["delays"]["count"], t.attacks.len(), "{report}");
     assert!(v["delays"]["max"].as_f64().unwrap() < 90.0, "{report}");
+}
+
+/// Starts `credwatch run` on `stream` with the workload's config; findings to `findings`.
+fn start_run(moto: &MotoServer, dir: &Path, stream: &str, findings: &Path) -> RunChild {
+    let log = dir.join("run.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_credwatch"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CREDWATCH_") || k.starts_with("AWS_") {
+            cmd.env_remove(&*k);
+        }
+    }
+    let child = cmd
+        .arg("run")
+        .args(["--config", dir.join("credwatch.toml").to_str().unwrap()])
+        .args(["--stream", stream, "--region", REGION])
+        .args(["--endpoint-url", &moto.endpoint()])
+        .arg("--findings-out")
+        .arg(findings)
+        .arg("--checkpoint-dir")
+        .arg(dir.join("checkpoints"))
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("CREDWATCH_LOG", "info")
+        .env("CREDWATCH_KINESIS__POLL_INTERVAL_MS", "200")
+        .env("CREDWATCH_DETECTION__IDLE_SECS", "2")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("run.err")).unwrap())
+        .spawn()
+        .expect("spawn credwatch run");
+    RunChild { child, log }
+}
+
+fn ids(findings: &[ScoredFinding]) -> BTreeSet<String> {
+    findings.iter().filter_map(|f| f.id.clone()).collect()
+}
+
+/// The case: a subscription with `distribution = "Random"` puts an account's
+/// AssociateAddress / StartInstances and the instance's calls from its new address on different
+/// shards, read in any order. Settling on the event-time watermark makes `run` find exactly
+/// what `hunt` finds on the same files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_over_a_random_distribution_subscription_finds_what_hunt_finds() {
+    let moto = MotoServer::start();
+    moto.create_stream("random", 4).await;
+    moto.create_log_group_with_distribution(
+        "/credwatch/random",
+        "random",
+        aws_sdk_cloudwatchlogs::types::Distribution::Random,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 11, 4000);
+    let hunted = read_lines(&hunt(dir.path(), true));
+    assert!(!hunted.is_empty(), "the workload has attacks");
+    // Replay with its defaults (one log stream per session), as a new user would.
+    let s = replay(&moto, &["--log-group", "/credwatch/random"], dir.path(), &[]);
+    assert_eq!(s["undelivered"], 0, "{s}");
+    let shards: BTreeSet<String> = moto
+        .read_all_records("random")
+        .await
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(shards.len(), 4, "records on every shard: {shards:?}");
+
+    let findings = dir.path().join("run-findings.jsonl");
+    let mut run = start_run(&moto, dir.path(), "random", &findings);
+    let want = ids(&hunted);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ids(&read_lines(&findings)) != want {
+        if let Some(status) = run.child.try_wait().unwrap() {
+            panic!(
+                "credwatch run exited ({status}): {}",
+                std::fs::read_to_string(dir.path().join("run.err")).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run's findings never equalled hunt's\nrun:  {:?}\nhunt: {want:?}\n--- log ---\n{}",
+            ids(&read_lines(&findings)),
+            log_tail(&dir.path().join("run.err"))
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Nothing more arrives after a while (no late extra finding).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ids(&read_lines(&findings)), want);
+    drop(run);
+    let (report, _) = score_cli(&dir.path().join("truth.json"), &findings, None);
+    assert_eq!(last_line(&report), "precision=1.000 recall=1.000", "{report}");
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(4000);
+    text.get(start..).unwrap_or(&text).to_string()
 }

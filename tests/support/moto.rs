@@ -192,6 +192,19 @@ impl MotoServer {
     /// Creates a log group and a subscription filter ([`SUBSCRIPTION_FILTER`]) that sends
     /// everything put into it to the Kinesis stream `stream_name`.
     pub async fn create_log_group_with_subscription(&self, group: &str, stream_name: &str) {
+        self.create_log_group_with_distribution(group, stream_name, Distribution::ByLogStream)
+            .await
+    }
+
+    /// [`MotoServer::create_log_group_with_subscription`] with a chosen `distribution`
+    /// (`Random` spreads one log stream's batches over every shard, as AWS recommends for busy
+    /// log groups).
+    pub async fn create_log_group_with_distribution(
+        &self,
+        group: &str,
+        stream_name: &str,
+        distribution: Distribution,
+    ) {
         let stream_arn = self.stream_arn(stream_name).await;
         let logs = self.logs().await;
         logs.create_log_group()
@@ -205,7 +218,7 @@ impl MotoServer {
             .filter_pattern("")
             .destination_arn(&stream_arn)
             .role_arn(ROLE_ARN)
-            .distribution(Distribution::ByLogStream)
+            .distribution(distribution)
             .send()
             .await
             .unwrap_or_else(|e| panic!("PutSubscriptionFilter {group} -> {stream_arn}: {e:?}"));

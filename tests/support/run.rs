@@ -429,5 +429,8 @@ pub fn test_env(cmd: &mut Command) {
         .env("CREDWATCH_LOG", "info")
         .env("CREDWATCH_KINESIS__POLL_INTERVAL_MS", "200")
         .env("CREDWATCH_CHECKPOINT__INTERVAL_SECS", "1")
-        .env("CREDWATCH_KINESIS__SHARD_DISCOVERY_INTERVAL_SECS", "2");
+        .env("CREDWATCH_KINESIS__SHARD_DISCOVERY_INTERVAL_SECS", "2")
+        // A test's stream goes quiet once its records are in: settle two seconds later rather
+        // than after the default minute of idleness.
+        .env("CREDWATCH_DETECTION__IDLE_SECS", "2");
 }

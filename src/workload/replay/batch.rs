@@ -85,6 +85,20 @@ impl Grouper {
         out
     }
 
+    /// The groups whose first event is more than `span_ms` older than `ts` (the time of the
+    /// event being replayed), in stream order: a log stream's batch goes out once time has
+    /// moved on, as CloudTrail delivers each log stream every few minutes rather than at the end.
+    pub fn due(&mut self, ts: i64, span_ms: i64) -> Vec<(u32, Vec<Item>)> {
+        let mut out = Vec::new();
+        for (s, p) in self.pending.iter_mut() {
+            if p.items.first().is_some_and(|f| ts - f.0 > span_ms) {
+                p.bytes = 0;
+                out.push((*s, std::mem::take(&mut p.items)));
+            }
+        }
+        out
+    }
+
     /// Every group still pending, in stream order.
     pub fn drain(&mut self) -> Vec<(u32, Vec<Item>)> {
         std::mem::take(&mut self.pending)
@@ -205,6 +219,16 @@ mod tests {
             vec![(0, vec![(LOGS_MAX_SPAN_MS + 1, 3)]), (1, vec![(0, 1)])]
         );
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn groups_fall_due_once_time_has_moved_past_their_span() {
+        let mut g = Grouper::log_batches();
+        assert!(g.push(0, (0, 0), 10).is_none());
+        assert!(g.push(1, (50_000, 1), 10).is_none());
+        assert!(g.due(60_000, 60_000).is_empty());
+        assert_eq!(g.due(60_001, 60_000), vec![(0, vec![(0, 0)])]);
+        assert_eq!(g.drain(), vec![(1, vec![(50_000, 1)])]);
     }
 
     #[test]

@@ -128,6 +128,11 @@ pub struct ReplayArgs {
     /// While paced, partial batches wait at most this long.
     #[arg(long, env = "CREDWATCH_REPLAY_FLUSH_MS", default_value_t = 200)]
     pub flush_ms: u64,
+    /// A log stream's batch is sent once the replayed events' time has moved this many seconds
+    /// past its first event, as CloudTrail delivers each log stream every few minutes (so shards
+    /// see event time advance together, as in AWS).
+    #[arg(long, env = "CREDWATCH_REPLAY_BATCH_SPAN_SECS", default_value_t = 60)]
+    pub batch_span_secs: u64,
     /// Retries per call before giving up.
     #[arg(long, env = "CREDWATCH_REPLAY_MAX_RETRIES", default_value_t = 30)]
     pub max_retries: u32,
@@ -176,6 +181,9 @@ pub struct ReplayOptions {
     pub loops: u32,
     pub concurrency: usize,
     pub flush: Duration,
+    /// A log stream's batch is sent once the replayed event time is this far past its first
+    /// event (milliseconds of event time).
+    pub batch_span_ms: i64,
     pub retry: RetryPolicy,
     pub envelope_log_group: String,
     pub sent_log: Option<PathBuf>,
@@ -210,6 +218,7 @@ impl ReplayOptions {
             loops: a.loops,
             concurrency: a.concurrency,
             flush: Duration::from_millis(a.flush_ms.max(1)),
+            batch_span_ms: (a.batch_span_secs.max(1) as i64).saturating_mul(1000),
             retry: RetryPolicy {
                 max_retries: a.max_retries,
                 ..RetryPolicy::default()
@@ -686,6 +695,11 @@ struct Producer<'a> {
     calls: CallBatcher,
     senders: Vec<mpsc::Sender<Call>>,
     next_worker: usize,
+    /// Log-event time (ms) of the last check for batches that fell due.
+    last_due_check: i64,
+    /// `batch_span_ms` in log-event time (which compresses spans longer than CloudWatch Logs
+    /// accepts).
+    due_span: i64,
 }
 
 impl Producer<'_> {
@@ -702,6 +716,23 @@ impl Producer<'_> {
     }
 
     async fn push(&mut self, ts: i64, idx: u32, loop_no: u32) {
+        // Batches of other log streams that time has moved past go out first (checked once per
+        // second of event time).
+        if ts.saturating_sub(self.last_due_check) >= 1000 {
+            self.last_due_check = ts;
+            let span = self.due_span;
+            for (stream, items) in self.logs.due(ts, span) {
+                self.send(Call::Logs {
+                    stream,
+                    items,
+                    loop_no,
+                })
+                .await;
+            }
+            for (stream, items) in self.envelopes.due(ts, span) {
+                self.add_envelope(stream, &items, loop_no).await;
+            }
+        }
         let ev = &self.ctx.loaded.events[idx as usize];
         let (stream, len) = (ev.stream, ev.json.len());
         match self.opts.destination {
@@ -856,6 +887,8 @@ pub async fn replay(opts: &ReplayOptions) -> Result<Summary, String> {
         ctx: &ctx,
         logs: Grouper::log_batches(),
         envelopes: Grouper::envelopes(opts.events_per_record),
+        last_due_check: i64::MIN,
+        due_span: opts.batch_span_ms,
         calls: CallBatcher::default(),
         senders,
         next_worker: 0,
@@ -867,6 +900,7 @@ pub async fn replay(opts: &ReplayOptions) -> Result<Summary, String> {
         Pace::Speedup(x) => x,
         _ => ((t_last - t_first) as f64 / MAX_TIMESTAMP_SPAN_MS).max(1.0),
     };
+    p.due_span = ((opts.batch_span_ms as f64 / scale) as i64).max(1);
     'loops: for loop_no in 0..opts.loops {
         let now0 = now_ms();
         let loop_start = Instant::now();
