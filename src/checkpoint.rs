@@ -33,6 +33,10 @@ pub struct Checkpoint {
     pub shards: BTreeMap<String, ShardCheckpoint>,
     /// Length of the findings file when the checkpoint was taken.
     pub findings_offset: u64,
+    /// Findings written by an earlier run that this run has not found again yet (their records
+    /// are read again after a restart, and settle later): never written twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings_pending_rediscovery: Vec<String>,
     pub engine: EngineSnapshot,
 }
 

@@ -21,7 +21,15 @@ pub struct FindingsSink {
     offset: u64,
     /// Ids written since the last checkpoint (older ones are covered by the engine's snapshot).
     recent: HashSet<String>,
+    /// Ids a previous run wrote that this run's engine has not found again yet. Shard positions
+    /// are held until candidates settle, so after a restart the records behind such a finding
+    /// are read again and it is found again later, perhaps after a checkpoint: until then its
+    /// id is carried from checkpoint to checkpoint.
+    inherited: HashSet<String>,
 }
+
+/// The most inherited ids carried (findings are rare; this bounds a pathological file).
+const MAX_INHERITED: usize = 100_000;
 
 impl FindingsSink {
     /// Standard output (no restart protection beyond the engine snapshot).
@@ -31,13 +39,18 @@ impl FindingsSink {
             path: None,
             offset: 0,
             recent: HashSet::new(),
+            inherited: HashSet::new(),
         }
     }
 
     /// Opens (or creates) `path` for appending. Lines after `checkpoint_offset` are findings
     /// written after the last checkpoint: their ids are remembered. A partial last line (a
     /// write cut by `kill -9`) is removed.
-    pub fn open(path: &Path, checkpoint_offset: u64) -> std::io::Result<FindingsSink> {
+    pub fn open(
+        path: &Path,
+        checkpoint_offset: u64,
+        inherited: &[String],
+    ) -> std::io::Result<FindingsSink> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -54,12 +67,12 @@ impl FindingsSink {
         if complete < tail.len() {
             file.set_len(start + complete as u64)?;
         }
-        let mut recent = HashSet::new();
+        let mut inherited: HashSet<String> = inherited.iter().cloned().collect();
         for line in BufReader::new(&tail[..complete]).lines() {
             let line = line?;
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 if let Some(id) = v.get("id").and_then(|i| i.as_str()) {
-                    recent.insert(id.to_string());
+                    inherited.insert(id.to_string());
                 }
             }
         }
@@ -67,7 +80,8 @@ impl FindingsSink {
             offset: start + complete as u64,
             out: Box::new(file),
             path: Some(path.to_path_buf()),
-            recent,
+            recent: HashSet::new(),
+            inherited,
         })
     }
 
@@ -75,7 +89,9 @@ impl FindingsSink {
     pub fn write(&mut self, findings: &[Finding]) -> std::io::Result<Vec<Finding>> {
         let mut written = Vec::new();
         for f in findings {
-            if self.recent.contains(&f.id) {
+            // Found again: from now on the engine's snapshot covers it.
+            if self.recent.contains(&f.id) || self.inherited.remove(&f.id) {
+                self.recent.insert(f.id.clone());
                 continue;
             }
             let mut line = serde_json::to_vec(f).map_err(std::io::Error::other)?;
@@ -97,6 +113,13 @@ impl FindingsSink {
     /// After a checkpoint, the engine snapshot covers everything written so far.
     pub fn checkpointed(&mut self) {
         self.recent.clear();
+    }
+
+    /// Ids of a previous run not found again yet (saved in the checkpoint).
+    pub fn inherited(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inherited.iter().take(MAX_INHERITED).cloned().collect();
+        v.sort();
+        v
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -180,7 +203,7 @@ mod tests {
     fn findings_written_after_the_checkpoint_are_not_written_again_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.jsonl");
-        let mut s = FindingsSink::open(&path, 0).unwrap();
+        let mut s = FindingsSink::open(&path, 0, &[]).unwrap();
         s.write(&[finding("a")]).unwrap();
         let checkpoint = s.offset();
         s.checkpointed();
@@ -194,7 +217,7 @@ mod tests {
             .write_all(b"{\"id\":\"c\"")
             .unwrap();
 
-        let mut s = FindingsSink::open(&path, checkpoint).unwrap();
+        let mut s = FindingsSink::open(&path, checkpoint, &[]).unwrap();
         let written = s.write(&[finding("b"), finding("c")]).unwrap();
         assert_eq!(
             written.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),

@@ -8,6 +8,7 @@ use credwatch::decode::Limits;
 use credwatch::engine::{Engine, Position};
 use credwatch::finding::Finding;
 use credwatch::hunt::{collect_files, hunt_files, HuntSummary};
+use credwatch::settle::SettleAt;
 use serde_json::Value;
 
 fn data(rel: &str) -> PathBuf {
@@ -200,7 +201,7 @@ fn verdicts_agree_with_panthers_labelled_tests() {
             let name = t["Name"].as_str().unwrap();
             let expected = t["ExpectedResult"].as_bool().unwrap();
             let engine = Engine::new(&Config::default());
-            let got = engine
+            let mut found = engine
                 .process_json(
                     &t["Log"].to_string(),
                     Position {
@@ -208,9 +209,9 @@ fn verdicts_agree_with_panthers_labelled_tests() {
                         index: 0,
                     },
                 )
-                .unwrap()
-                .iter()
-                .any(|f| f.rule == *rule);
+                .unwrap();
+            found.extend(engine.settle(SettleAt::END));
+            let got = found.iter().any(|f| f.rule == *rule);
             match differ.iter().find(|(n, _)| *n == name) {
                 Some((_, why)) => assert_ne!(
                     got, expected,
@@ -280,6 +281,10 @@ fn imds_exfiltration_verdicts_agree_given_a_home() {
                 .iter()
                 .any(|f| f.rule == "session_token_reuse");
         }
+        got |= engine
+            .settle(SettleAt::END)
+            .iter()
+            .any(|f| f.rule == "session_token_reuse");
         match differ.iter().find(|(n, _)| *n == name) {
             Some((_, why)) => assert_ne!(got, expected, "{name}: expected to differ because {why}"),
             None => assert_eq!(got, expected, "{name}"),

@@ -856,17 +856,57 @@ fn an_unreachable_shared_store_leaves_the_decision_to_the_local_store() {
     let found = a.settle(SettleAt::END);
     assert_eq!(rules(&found), vec!["session_token_reuse"]);
     let s = &a.stats;
+    // A proposal for each event, and one more when settling (the contest's home proposed again,
+    // to learn an earlier home another worker may have read).
     assert_eq!(
         s.authority_calls.load(std::sync::atomic::Ordering::Relaxed),
-        2
+        3
     );
-    // Two proposals, and one read of the shared control-plane log (before calling the second
-    // origin one), all failed.
+    // Those three proposals, and two reads of the shared control-plane log (before calling the
+    // second origin one, and before settling), all failed.
     assert_eq!(
         s.authority_errors
             .load(std::sync::atomic::Ordering::Relaxed),
-        3
+        5
     );
+}
+
+#[test]
+fn a_worker_settles_against_an_earlier_home_another_worker_read_after_its_contest_opened() {
+    let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
+    let a = Engine::new(&Config::default()).with_authority(auth.clone());
+    let b = Engine::new(&Config::default()).with_authority(auth.clone());
+    let pos = Position {
+        prefix: "test",
+        index: 0,
+    };
+    let other = "198.51.100.5";
+    // A reads the home's later call; B reads a call from another origin, earlier, and opens a
+    // contest between the two; then A reads the home's first call, earlier than both.
+    for (w, e) in [
+        (&a, Ev::ec2("ASIA2", INST, HOME, T0 + 2398)),
+        (&b, Ev::ec2("ASIA2", INST, other, T0 + 1793)),
+        (&a, Ev::ec2("ASIA2", INST, HOME, T0)),
+    ] {
+        assert!(w.process_json(&e.text(), pos).unwrap().is_empty());
+    }
+    // One engine reading all three reports the other origin against the home, and so must the
+    // workers: B learns the earlier home from the shared store when it settles, instead of
+    // calling the home's later call the second origin.
+    let found = settle_all(&[&a, &b]);
+    let outside: std::collections::BTreeSet<&str> =
+        found.iter().map(|f| f.events[1].origin.as_str()).collect();
+    assert_eq!(outside, [other].into_iter().collect(), "{found:#?}");
+    let mut ids: Vec<&str> = found.iter().map(|f| f.id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "the same finding from both workers: {found:#?}");
+    let one = run(&[
+        Ev::ec2("ASIA2", INST, HOME, T0 + 2398),
+        Ev::ec2("ASIA2", INST, other, T0 + 1793),
+        Ev::ec2("ASIA2", INST, HOME, T0),
+    ]);
+    assert_eq!(rules(&one), vec!["session_token_reuse"]);
+    assert_eq!(one[0].id, found[0].id);
 }
 
 #[test]

@@ -177,7 +177,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await;
     let metrics = Arc::new(Metrics::new());
     let shared_backend = cfg.coordination.backend == Backend::Dynamodb;
-    let (engine, coordination, positions, findings_offset) = if shared_backend {
+    let (engine, coordination, positions, findings_offset, inherited) = if shared_backend {
         // Positions live in the lease items and sessions in the state table: no local
         // checkpoint is read. The findings file is read back whole, for its ids.
         let calls = Arc::new(crate::coord::dynamo::CallCounts::default());
@@ -185,12 +185,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let c = Arc::new(leased::Coordination::open(&cfg.coordination, &sdk, calls).await?);
         let authority = Arc::new(crate::coord::SharedState::new(c.state.clone())?);
         let engine = Arc::new(Engine::new(&cfg).with_authority(authority));
-        (engine, Some(c), BTreeMap::new(), 0)
+        (engine, Some(c), BTreeMap::new(), 0, vec![])
     } else {
         let previous = store.load()?;
         let engine = Arc::new(Engine::new(&cfg));
         let mut positions = BTreeMap::new();
         let mut findings_offset = 0;
+        let mut inherited = vec![];
         if let Some(cp) = &previous {
             if cp.stream != stream {
                 anyhow::bail!(
@@ -202,16 +203,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             engine.restore(&cp.engine);
             positions = cp.shards.clone();
             findings_offset = cp.findings_offset;
+            inherited = cp.findings_pending_rediscovery.clone();
             tracing::info!(
                 shards = positions.len(),
                 sessions = engine.tracked_sessions(),
                 "resuming from checkpoint"
             );
         }
-        (engine, None, positions, findings_offset)
+        (engine, None, positions, findings_offset, inherited)
     };
     let findings = match &cfg.output.findings_file {
-        Some(p) => FindingsSink::open(p, findings_offset)
+        Some(p) => FindingsSink::open(p, findings_offset, &inherited)
             .with_context(|| format!("output.findings_file {}", p.display()))?,
         None => FindingsSink::stdout(),
     };
@@ -432,6 +434,7 @@ async fn checkpoint(shared: &Arc<Shared>, store: &Arc<CheckpointStore>) -> anyho
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             findings_offset: findings.offset(),
+            findings_pending_rediscovery: findings.inherited(),
             engine: shared.engine.snapshot(),
         };
         findings.checkpointed();

@@ -399,7 +399,7 @@ fn base(ev: &CloudTrailEvent<'_>, cred: &Credential<'_>, t: i64) -> Finding {
 }
 
 /// The compared value of an origin, as contests key their sightings.
-fn value_text(value: Option<&HomeValue>) -> String {
+pub(crate) fn value_text(value: Option<&HomeValue>) -> String {
     match value {
         None => "lambda-runtime".to_string(),
         Some(HomeValue::V4(a)) => a.to_string(),

@@ -28,11 +28,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::origin::OriginClass;
-use crate::engine::store::{key_of_parts, HomeEvidence, HomeTag, Key, Map};
+use crate::engine::credential::CredentialClass;
+use crate::engine::store::{key_of_parts, value_of, HomeEvidence, HomeTag, Key, Map};
 use crate::engine::{Engine, Explanation};
 use crate::event::format_time;
 use crate::finding::{finding_id, Claim, EventEvidence, ExceptionCheck, Finding, Severity};
-use crate::rules::session_token_reuse::RULE;
+use crate::rules::session_token_reuse::{value_text, RULE};
 
 /// The most origins remembered per contested session.
 pub const MAX_SIGHTINGS: usize = 32;
@@ -255,6 +256,7 @@ impl Engine {
         }
         let mut out = Vec::new();
         for key in ready {
+            self.refresh_home(key);
             let Some(mut c) = pending.contests.get(&key).map(|c| c.clone()) else {
                 continue;
             };
@@ -271,6 +273,78 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// With a shared store: the session's earliest event may have been read by another worker
+    /// after this contest opened (the watermark says it has been read by now). Proposes this
+    /// contest's home again, which changes nothing while it is still the session's first origin,
+    /// and adds the authority's home to the contest when that is another, earlier event (or a
+    /// Lambda runtime call), so that every worker judges against the same home.
+    fn refresh_home(&self, key: Key) {
+        let Some(auth) = self.authority.as_deref() else {
+            return;
+        };
+        let Some((c, home)) = self
+            .pending
+            .contests
+            .get(&key)
+            .and_then(|c| home_of(&c).cloned().map(|h| (c.clone(), h)))
+        else {
+            return;
+        };
+        // A home this engine's clock has seen expire may have been followed by a newer session
+        // in the shared store: do not propose it over that one.
+        if home.expires < self.watermark() {
+            return;
+        }
+        let class = CredentialClass::ALL
+            .iter()
+            .position(|k| k.as_str() == c.credential_class)
+            .unwrap_or(0) as u8;
+        let proposal = HomeEvidence {
+            tag: home.tag,
+            origin: if home.tag == HomeTag::LambdaRuntime {
+                "lambda-runtime".to_string()
+            } else {
+                home.value
+                    .strip_prefix("o:")
+                    .unwrap_or(&home.value)
+                    .to_string()
+            },
+            event_id: home.evidence.event_id.clone(),
+            time: home.time,
+            user_agent: home.evidence.user_agent.clone(),
+            class,
+            expires: home.expires,
+            event_source: home.evidence.event_source.clone(),
+            event_name: home.evidence.event_name.clone(),
+            access_key_id: home
+                .evidence
+                .access_key_id
+                .clone()
+                .filter(|k| *k != c.session_key),
+            error_code: home.error_code.clone(),
+        };
+        self.stats.authority_calls.fetch_add(1, Relaxed);
+        let runtime = home.tag == HomeTag::LambdaRuntime;
+        let answer = match auth.propose(&c.session_key, &proposal, runtime) {
+            Ok(a) => a,
+            Err(e) => {
+                self.stats.authority_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "shared session store unreachable; settling on the local view");
+                return;
+            }
+        };
+        let h = answer.current;
+        let same_session = h.expires >= home.time && h.time <= home.expires;
+        if h.event_id == home.evidence.event_id || !same_session {
+            return;
+        }
+        let keyed = c.instance_id.is_none().then_some(c.session_key.as_str());
+        let s = sighting_of_home(&h, value_text(value_of(&h).as_ref()), keyed, wall_now());
+        if let Some(mut cur) = self.pending.contests.get_mut(&key) {
+            cur.sight(s);
+        }
     }
 
     fn judge(
