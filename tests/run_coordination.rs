@@ -628,6 +628,10 @@ async fn the_state_table_keeps_the_earliest_origin_claims_once_and_shares_contro
         user_agent: "aws-cli/2".into(),
         class: 0,
         expires: 10_000,
+        event_source: Some("ec2.amazonaws.com".into()),
+        event_name: Some("DescribeInstances".into()),
+        access_key_id: Some("ASIAHOMEKEY".into()),
+        error_code: None,
     };
     let (a, b, c) = (
         home("54.1.1.1", "e-a", 100),

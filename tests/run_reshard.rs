@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use serde_json::{json, Value};
 use support::kinesis_mock::KinesisMock;
-use support::run::{envelope, sessions, Nets, Run, Session, State, GRACE, RULE};
+use support::run::{envelope, reuse_sessions, sessions, Nets, Run, Session, State, GRACE, RULE};
 
 // Explicit hash keys, one in each quarter of the key space. A 2-shard stream has
 // shard 0 = [0, 2^127) and shard 1 = [2^127, 2^128); splitting a shard in half puts Q1 and Q2
@@ -91,15 +91,6 @@ fn assert_one_finding_per_session(findings: &[Value], sessions: &[&Session]) {
             "session {name}"
         );
     }
-}
-
-/// The position (line number) of the finding of each session in the findings file.
-fn line_of(findings: &[Value], s: &Session) -> usize {
-    let name = s.name();
-    findings
-        .iter()
-        .position(|f| f["session"] == name.as_str())
-        .unwrap_or_else(|| panic!("no finding for {name}"))
 }
 
 /// Reads one shard from TRIM_HORIZON until the shard ends (null `NextShardIterator`) or a read
@@ -280,18 +271,27 @@ async fn split_and_merge_while_running_lose_nothing_and_read_parents_first() {
     let mut run = Run::start(&mock.endpoint(), stream, &state, None, RUN_ENV);
     let before: Vec<&Session> = parent.iter().chain(&child).collect();
     run.await_findings(&state, &before).await;
-    let findings = state.findings();
-    let last_parent = parent.iter().map(|s| line_of(&findings, s)).max();
-    let first_child = child.iter().map(|s| line_of(&findings, s)).min();
+    // Findings settle together once the watermark passes them, so their order in the file says
+    // nothing about read order: the log does. The parent's SHARD_END comes before any child is
+    // read.
+    let log = std::fs::read_to_string(&run.log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let line_where = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l));
+    let parent_end = line_where(&|l: &str| l.contains("shard finished (SHARD_END)") && l.contains(&s0));
+    let child_read = line_where(&|l: &str| {
+        l.contains("reading shard") && (l.contains(&s0_low) || l.contains(&s0_high))
+    });
     assert!(
-        last_parent < first_child,
-        "a child of {s0} was read before {s0} ended: the last parent finding is line \
-         {last_parent:?}, the first child finding line {first_child:?}:\n{}",
-        findings
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
+        parent_end.is_some() && child_read.is_some() && parent_end < child_read,
+        "a child of {s0} was read before {s0} ended: SHARD_END at log line {parent_end:?}, \
+         first child read at {child_read:?}:\n{}",
+        run.log_tail()
+    );
+    let findings = state.findings();
+    assert_eq!(
+        reuse_sessions(&findings).len(),
+        before.len(),
+        "{findings:?}"
     );
 
     // While running: split shard 1, then the second origins of half the roaming sessions go to
