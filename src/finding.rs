@@ -120,6 +120,10 @@ pub struct Finding {
     /// the stream's event-time watermark passed it: says how far behind the stream was.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub released_early: Option<String>,
+    /// Wall-clock second the event that completed it reached credwatch (for the detection
+    /// latency of findings that settled later; not written).
+    #[serde(skip)]
+    pub arrived_at: Option<i64>,
     /// What makes two findings the same report, for workers that share a stream (not written).
     #[serde(skip)]
     pub claim: Option<Claim>,
@@ -190,6 +194,7 @@ pub(crate) fn test_finding(id: &str) -> Finding {
         event_time: "2024-01-01T00:00:00Z".into(),
         detected_at: "2024-01-01T00:00:00.000Z".into(),
         released_early: None,
+        arrived_at: None,
         claim: None,
     }
 }

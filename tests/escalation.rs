@@ -78,6 +78,7 @@ fn fixture() -> Finding {
         event_time: "2024-08-02T08:23:55Z".into(),
         detected_at: "2024-08-02T08:24:01.250Z".into(),
         released_early: None,
+        arrived_at: None,
         claim: None,
     }
 }

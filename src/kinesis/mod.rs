@@ -382,7 +382,13 @@ pub(crate) async fn settle(shared: &Arc<Shared>) -> anyhow::Result<()> {
             "settle",
             vec![],
             vec![],
-            found.into_iter().map(|f| (f, None)).collect(),
+            found
+                .into_iter()
+                .map(|f| {
+                    let arrived = f.arrived_at.map(|a| a as f64);
+                    (f, arrived)
+                })
+                .collect(),
         )
         .await?;
     }

@@ -124,7 +124,21 @@ pub(crate) fn check(
         consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
         let outcome = e.store.update(key, |cur| match cur {
             Some(s) if s.tag() == HomeTag::LambdaRuntime || (s.expires as i64) < t => {
-                if (s.expires as i64) < t {
+                if (s.expires as i64) >= t && earlier(e, s, t, ev.event_id()) {
+                    // An earlier runtime call: it is the home (the earliest runtime call).
+                    (
+                        Update::Replace(new_home(
+                            e,
+                            ev,
+                            HomeTag::LambdaRuntime,
+                            None,
+                            t,
+                            expires.max(s.expires as i64),
+                            cred,
+                        )),
+                        Outcome::Home,
+                    )
+                } else if (s.expires as i64) < t {
                     (
                         Update::Replace(new_home(
                             e,
@@ -230,8 +244,9 @@ pub(crate) fn check(
             );
         }
         if e.store.same_home(s, tag, &value) {
-            if t < first {
-                // The same origin, earlier: it keeps the lock with the earlier event.
+            if earlier(e, s, t, ev.event_id()) {
+                // The same origin, earlier: it keeps the lock with the earlier event (of two at
+                // the same second, the one with the lower event id, as contests order them).
                 return (fresh(expires.max(s_expires)), Outcome::Home);
             }
             return (Update::Touch { expires }, Outcome::Home);
@@ -394,8 +409,16 @@ fn base(ev: &CloudTrailEvent<'_>, cred: &Credential<'_>, t: i64) -> Finding {
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string(),
         released_early: None,
+        arrived_at: None,
         claim: None,
     }
+}
+
+/// Whether an event at `t` with id `id` comes before a session's first event, in the order
+/// contests use: by time, then by event id.
+fn earlier(e: &Engine, s: &Session, t: i64, id: &str) -> bool {
+    let first = s.first_time as i64;
+    t < first || (t == first && id < e.store.evidence(s).event_id.as_str())
 }
 
 /// The compared value of an origin, as contests key their sightings.
@@ -422,7 +445,16 @@ fn this_sighting(
         value: value_text(value),
         tag,
         time: t,
-        evidence: event_evidence("second", ev, origin, t, pos),
+        evidence: {
+            let mut evidence = event_evidence("second", ev, origin, t, pos);
+            if tag == HomeTag::LambdaRuntime {
+                // As the store shows a runtime home (it keeps no address for one), so that the
+                // evidence is the same whichever of the two a contest got the home from.
+                evidence.origin = "lambda-runtime".to_string();
+                evidence.origin_kind = tag.origin_class().as_str().to_string();
+            }
+            evidence
+        },
         error_code: ev
             .error_code
             .as_deref()

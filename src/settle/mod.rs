@@ -241,7 +241,9 @@ impl Engine {
             .contests
             .iter()
             .filter(|c| {
-                let home_time = home_of(c).map_or(i64::MIN, |h| h.time);
+                // Not later than the home's time (the home skips credited sightings): a
+                // contest picked too early is harmless, `judge` checks every sighting again.
+                let home_time = first_sighting(c).map_or(i64::MIN, |h| h.time);
                 c.sightings
                     .iter()
                     .any(|s| !c.decided.contains(&s.value) && is_final(s, s.time.max(home_time)))
@@ -288,7 +290,8 @@ impl Engine {
             .pending
             .contests
             .get(&key)
-            .and_then(|c| home_of(&c).cloned().map(|h| (c.clone(), h)))
+            .map(|c| c.clone())
+            .and_then(|c| self.home_of(&c).cloned().map(|h| (c, h)))
         else {
             return;
         };
@@ -361,7 +364,7 @@ impl Engine {
         };
         let mut order: Vec<Sighting> = c.sightings.clone();
         order.sort_by(|a, b| (a.time, &a.evidence.event_id).cmp(&(b.time, &b.evidence.event_id)));
-        let Some(home) = home_of(c).cloned() else {
+        let Some(home) = self.home_of(c).cloned() else {
             return;
         };
         let lambda = home.tag == HomeTag::LambdaRuntime;
@@ -491,16 +494,17 @@ impl Engine {
                 c.session_display, outside, home.evidence.origin, home.evidence.event_time
             )
         };
+        // A session with a Lambda runtime home is a Lambda's, whichever event opened the contest.
+        let class = if lambda {
+            CredentialClass::Lambda.as_str()
+        } else {
+            c.credential_class.as_str()
+        };
         let addr: Option<IpAddr> = outside.parse().ok();
         if outside_class != OriginClass::AwsService {
             checks.extend(self.origin_checks(outside_class, outside));
         }
-        checks.push(self.credit_check(
-            c.instance_id.as_deref(),
-            &c.credential_class,
-            addr,
-            s.time,
-        ));
+        checks.push(self.credit_check(c.instance_id.as_deref(), class, addr, s.time));
         checks.push(self.allow_check(
             addr,
             c.account_id.as_deref(),
@@ -565,7 +569,7 @@ impl Engine {
             // The key used from the second origin.
             access_key_id: s.evidence.access_key_id.clone(),
             session: Some(c.session_display.clone()),
-            credential_class: Some(c.credential_class.clone()),
+            credential_class: Some(class.to_string()),
             principal_arn: c.principal_arn.clone(),
             error_code,
             event_ids: vec![e1.event_id.clone(), e2.event_id.clone()],
@@ -576,6 +580,7 @@ impl Engine {
                 .format("%Y-%m-%dT%H:%M:%S%.3fZ")
                 .to_string(),
             released_early,
+            arrived_at: Some(first.arrived.max(second.arrived)),
             claim: Some(Claim {
                 key: finding_id(&[RULE, &c.session_key, outside]),
                 until: expires,
@@ -584,9 +589,34 @@ impl Engine {
     }
 }
 
-/// The home of a contest: the earliest Lambda runtime sighting if there is one, else the
-/// earliest sighting.
-fn home_of(c: &Contest) -> Option<&Sighting> {
+impl Engine {
+    /// The home of a contest: the earliest Lambda runtime sighting if there is one, else the
+    /// earliest sighting that is not from an address the instance had been given by then. (A
+    /// use from a credited address never takes the lock when it is read after the credit, so
+    /// it must not be the home when it is read before it, or once the contest opened.)
+    fn home_of<'c>(&self, c: &'c Contest) -> Option<&'c Sighting> {
+        let order = |a: &&Sighting, b: &&Sighting| {
+            (a.time, &a.evidence.event_id).cmp(&(b.time, &b.evidence.event_id))
+        };
+        let credited = |s: &Sighting| {
+            c.instance_id.as_deref().is_some_and(|i| {
+                s.evidence
+                    .origin
+                    .parse::<IpAddr>()
+                    .is_ok_and(|a| self.instances.credit_for(i, a, s.time).is_some())
+            })
+        };
+        c.sightings
+            .iter()
+            .filter(|s| s.tag == HomeTag::LambdaRuntime)
+            .min_by(order)
+            .or_else(|| c.sightings.iter().filter(|s| !credited(s)).min_by(order))
+    }
+}
+
+/// The earliest Lambda runtime sighting if there is one, else the earliest sighting: never
+/// later than the home.
+fn first_sighting(c: &Contest) -> Option<&Sighting> {
     let order = |a: &&Sighting, b: &&Sighting| {
         (a.time, &a.evidence.event_id).cmp(&(b.time, &b.evidence.event_id))
     };
