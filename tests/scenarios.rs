@@ -899,7 +899,11 @@ fn a_worker_settles_against_an_earlier_home_another_worker_read_after_its_contes
     assert_eq!(outside, [other].into_iter().collect(), "{found:#?}");
     let mut ids: Vec<&str> = found.iter().map(|f| f.id.as_str()).collect();
     ids.dedup();
-    assert_eq!(ids.len(), 1, "the same finding from both workers: {found:#?}");
+    assert_eq!(
+        ids.len(),
+        1,
+        "the same finding from both workers: {found:#?}"
+    );
     let one = run(&[
         Ev::ec2("ASIA2", INST, HOME, T0 + 2398),
         Ev::ec2("ASIA2", INST, other, T0 + 1793),
