@@ -36,15 +36,17 @@ pub fn process_event(
             ),
         });
     }
-    engine.process_json_timed(&raw.json, pos).map_err(|e| BadRecord {
-        kind: match &e {
-            EventError::NotJson(_) => BadKind::NotJson,
-            EventError::MissingField(_) => BadKind::MissingField,
-            EventError::BadField { .. } => BadKind::BadField,
-        },
-        position: pos.to_string(),
-        detail: truncate(&e.to_string(), 200),
-    })
+    engine
+        .process_json_timed(&raw.json, pos)
+        .map_err(|e| BadRecord {
+            kind: match &e {
+                EventError::NotJson(_) => BadKind::NotJson,
+                EventError::MissingField(_) => BadKind::MissingField,
+                EventError::BadField { .. } => BadKind::BadField,
+            },
+            position: pos.to_string(),
+            detail: truncate(&e.to_string(), 200),
+        })
 }
 
 /// Shortens a message for logs and dead-letter lines.

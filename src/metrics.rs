@@ -585,7 +585,10 @@ impl Metrics {
             ("released_early", &p.released_early),
             ("withdrawn", &p.withdrawn),
         ] {
-            bump(&self.candidates.with_label_values(&[outcome]), v.load(Relaxed));
+            bump(
+                &self.candidates.with_label_values(&[outcome]),
+                v.load(Relaxed),
+            );
         }
         bump(&self.late_sightings, p.late.load(Relaxed));
         bump(&self.book_evicted, engine.instances.evicted.load(Relaxed));

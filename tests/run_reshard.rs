@@ -277,7 +277,8 @@ async fn split_and_merge_while_running_lose_nothing_and_read_parents_first() {
     let log = std::fs::read_to_string(&run.log).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     let line_where = |pred: &dyn Fn(&str) -> bool| lines.iter().position(|l| pred(l));
-    let parent_end = line_where(&|l: &str| l.contains("shard finished (SHARD_END)") && l.contains(&s0));
+    let parent_end =
+        line_where(&|l: &str| l.contains("shard finished (SHARD_END)") && l.contains(&s0));
     let child_read = line_where(&|l: &str| {
         l.contains("reading shard") && (l.contains(&s0_low) || l.contains(&s0_high))
     });

@@ -957,7 +957,12 @@ async fn run_over_a_random_distribution_subscription_finds_what_hunt_finds() {
     let hunted = read_lines(&hunt(dir.path(), true));
     assert!(!hunted.is_empty(), "the workload has attacks");
     // Replay with its defaults (one log stream per session), as a new user would.
-    let s = replay(&moto, &["--log-group", "/credwatch/random"], dir.path(), &[]);
+    let s = replay(
+        &moto,
+        &["--log-group", "/credwatch/random"],
+        dir.path(),
+        &[],
+    );
     assert_eq!(s["undelivered"], 0, "{s}");
     let shards: BTreeSet<String> = moto
         .read_all_records("random")
@@ -991,7 +996,11 @@ async fn run_over_a_random_distribution_subscription_finds_what_hunt_finds() {
     assert_eq!(ids(&read_lines(&findings)), want);
     drop(run);
     let (report, _) = score_cli(&dir.path().join("truth.json"), &findings, None);
-    assert_eq!(last_line(&report), "precision=1.000 recall=1.000", "{report}");
+    assert_eq!(
+        last_line(&report),
+        "precision=1.000 recall=1.000",
+        "{report}"
+    );
 }
 
 fn log_tail(path: &Path) -> String {

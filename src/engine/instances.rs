@@ -638,7 +638,9 @@ mod tests {
             "{}",
             3 * day,
         );
-        assert!(book.credit_for("i-1", ip("54.1.1.1"), 3 * day + 5).is_some());
+        assert!(book
+            .credit_for("i-1", ip("54.1.1.1"), 3 * day + 5)
+            .is_some());
         feed_at(
             &book,
             "ReleaseAddress",
@@ -647,7 +649,9 @@ mod tests {
             4 * day,
         );
         book.sweep(5 * day, usize::MAX);
-        assert!(book.credit_for("i-1", ip("54.1.1.1"), 3 * day + 5).is_none());
+        assert!(book
+            .credit_for("i-1", ip("54.1.1.1"), 3 * day + 5)
+            .is_none());
     }
 
     #[test]

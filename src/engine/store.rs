@@ -209,12 +209,7 @@ impl HomeEvidence {
     /// Reads back what [`HomeEvidence::profile`] wrote (a bare user agent is read as one).
     pub fn set_profile(&mut self, text: &str) {
         let mut parts = text.split('\x1f');
-        let mut next = || {
-            parts
-                .next()
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-        };
+        let mut next = || parts.next().filter(|p| !p.is_empty()).map(str::to_string);
         self.user_agent = next().unwrap_or_default();
         self.event_source = next();
         self.event_name = next();

@@ -305,7 +305,11 @@ async fn renew_all(shared: &Shared, c: &Coordination, held: &mut BTreeMap<String
             .filter(|(w, idle)| w.is_some() || *idle)
             .map(|(w, idle)| (w.unwrap_or(0), idle));
         let r = match &position {
-            Some(cp) => c.leases.checkpoint(key, h.counter, &c.worker, cp, mark).await,
+            Some(cp) => {
+                c.leases
+                    .checkpoint(key, h.counter, &c.worker, cp, mark)
+                    .await
+            }
             None => c.leases.renew(key, h.counter, &c.worker, mark).await,
         };
         match r {

@@ -220,7 +220,7 @@ pub(crate) fn check(
                 .format("%Y-%m-%dT%H:%M:%S%.3fZ")
                 .to_string(),
             released_early: None,
-        arrived_at: None,
+            arrived_at: None,
             claim: None,
         });
     }

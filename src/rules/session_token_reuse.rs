@@ -32,7 +32,9 @@ enum Outcome {
     TooOld,
     /// Two origins: the stored home and this event's (which may have taken the home, being
     /// earlier or a Lambda runtime call). Settling decides which is first and whether it stands.
-    Pair { stored: HomeEvidence },
+    Pair {
+        stored: HomeEvidence,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -120,7 +122,18 @@ pub(crate) fn check(
 
     if cred.lambda_runtime {
         e.stats.explained(Explanation::LambdaRuntime);
-        sight(e, key, ev, cred, origin, HomeTag::LambdaRuntime, None, t, pos, expires);
+        sight(
+            e,
+            key,
+            ev,
+            cred,
+            origin,
+            HomeTag::LambdaRuntime,
+            None,
+            t,
+            pos,
+            expires,
+        );
         consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
         let outcome = e.store.update(key, |cur| match cur {
             Some(s) if s.tag() == HomeTag::LambdaRuntime || (s.expires as i64) < t => {

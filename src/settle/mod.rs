@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::origin::OriginClass;
 use crate::engine::credential::CredentialClass;
+use crate::engine::origin::OriginClass;
 use crate::engine::store::{key_of_parts, value_of, HomeEvidence, HomeTag, Key, Map};
 use crate::engine::{Engine, Explanation};
 use crate::event::format_time;
@@ -391,17 +391,27 @@ impl Engine {
                 Verdict::Explained(how, detail) => {
                     self.pending.stats.withdrawn.fetch_add(1, Relaxed);
                     self.stats.explained(how);
-                    self.store
-                        .add_explained(key, s.evidence.origin.clone(), detail, s.time, s.expires);
+                    self.store.add_explained(
+                        key,
+                        s.evidence.origin.clone(),
+                        detail,
+                        s.time,
+                        s.expires,
+                    );
                 }
                 Verdict::Restart(detail) => {
                     self.pending.stats.withdrawn.fetch_add(1, Relaxed);
-                    self.store
-                        .add_explained(key, s.evidence.origin.clone(), detail, s.time, s.expires);
+                    self.store.add_explained(
+                        key,
+                        s.evidence.origin.clone(),
+                        detail,
+                        s.time,
+                        s.expires,
+                    );
                 }
                 Verdict::Finding => {
-                    let released = at.watermark != i64::MAX
-                        && at.watermark < later.saturating_add(lateness);
+                    let released =
+                        at.watermark != i64::MAX && at.watermark < later.saturating_add(lateness);
                     if let Some(f) = self.finding(key, c, &home, s, lambda, sev, released, at) {
                         if released {
                             self.pending.stats.released_early.fetch_add(1, Relaxed);
@@ -425,7 +435,7 @@ impl Engine {
         let Some(instance) = c.instance_id.as_deref() else {
             return Verdict::Finding;
         };
-        if let Some(addr) = s.evidence.origin.parse::<IpAddr>().ok() {
+        if let Ok(addr) = s.evidence.origin.parse::<IpAddr>() {
             if let Some(call) = self.instances.credit_for(instance, addr, s.time) {
                 return Verdict::Explained(
                     Explanation::InstanceAddress,
@@ -467,7 +477,11 @@ impl Engine {
             (s, home)
         };
         let outside = &s.evidence.origin;
-        let dedup = key_of_parts(&[RULE.as_bytes(), c.session_key.as_bytes(), outside.as_bytes()]);
+        let dedup = key_of_parts(&[
+            RULE.as_bytes(),
+            c.session_key.as_bytes(),
+            outside.as_bytes(),
+        ]);
         let expires = home.expires.max(s.expires);
         if !self.store.mark_reported(dedup, expires) {
             self.stats.suppressed.fetch_add(1, Relaxed);
@@ -505,12 +519,7 @@ impl Engine {
             checks.extend(self.origin_checks(outside_class, outside));
         }
         checks.push(self.credit_check(c.instance_id.as_deref(), class, addr, s.time));
-        checks.push(self.allow_check(
-            addr,
-            c.account_id.as_deref(),
-            c.role.as_deref(),
-            s.time,
-        ));
+        checks.push(self.allow_check(addr, c.account_id.as_deref(), c.role.as_deref(), s.time));
         if let Some(instance) = c.instance_id.as_deref() {
             let detail = match self.instances.reset_before(instance, s.time) {
                 Some(r) => format!(
