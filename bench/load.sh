@@ -3,14 +3,19 @@
 # `credwatch run` consumes it; reports sustained events/s, detection latency, CPU and peak RSS.
 #
 #   bench/load.sh [--rates "1000 10000"] [--duration SECS] [--shards N] [--events-per-record N]
-#                 [--concurrency N] [--no-replay-only] [--no-drain] [--out DIR]
+#                 [--concurrency N] [--lateness "300 0"] [--idle-secs S] [--no-replay-only]
+#                 [--no-drain] [--out DIR]
 #
 # For each rate R: generate R*SECS events (release build, seed 1), start the local stack
 # (tests/stack/local-stack.sh: moto on 127.0.0.1, a stream of N shards), start `credwatch run`
 # with the workload's credwatch.toml and a metrics port, `credwatch replay --stream` at R events/s
 # (PutRecords, one log stream per account, as CloudTrail's own delivery), wait until credwatch has
 # read every record (credwatch_kinesis_records_total equals the records sent and stops growing),
-# then `credwatch score` against the truth with the replay's sent-log.
+# and every candidate has settled (credwatch_candidates_pending is 0), then `credwatch score`
+# against the truth with the replay's sent-log. Each rate runs once per `--lateness` value
+# (`detection.allowed_lateness_secs`; default "300 0": the default and none), with
+# `detection.idle_secs` = `--idle-secs` (default 5: the end of the replay is when the stream goes
+# idle, and that is what settles the last candidates).
 #
 # Two more measurements say where the ceiling is:
 # - replay-only: the largest workload replayed unpaced into moto, nothing reading (moto's ingest);
@@ -37,6 +42,8 @@ OUT="$REPO/.local/bench/load-$(date -u +%Y%m%dT%H%M%SZ)"
 CATCH_UP_TIMEOUT=900
 STALL_SECS=20
 CONCURRENCY=1
+LATENESS="300 0"
+IDLE_SECS=5
 
 while (($#)); do
   case "$1" in
@@ -45,10 +52,12 @@ while (($#)); do
     --shards) SHARDS="$2"; shift 2 ;;
     --events-per-record) EPR="$2"; shift 2 ;;
     --concurrency) CONCURRENCY="$2"; shift 2 ;;
+    --lateness) LATENESS="$2"; shift 2 ;;
+    --idle-secs) IDLE_SECS="$2"; shift 2 ;;
     --no-replay-only) REPLAY_ONLY=0; shift ;;
     --no-drain) DRAIN=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "load.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +113,7 @@ start_run() {
   port="$(free_port)"
   METRICS="http://127.0.0.1:$port/metrics"
   CREDWATCH_LOG=info CREDWATCH_KINESIS__POLL_INTERVAL_MS=200 \
+    CREDWATCH_DETECTION__ALLOWED_LATENESS_SECS="${LATE:-300}" CREDWATCH_DETECTION__IDLE_SECS="$IDLE_SECS" \
     "$BIN" run --config "$wl/credwatch.toml" --stream "$CREDWATCH_STREAM" --region us-east-1 \
     --endpoint-url "$AWS_ENDPOINT_URL" --findings-out "$dir/findings.jsonl" \
     --checkpoint-dir "$dir/checkpoints" --metrics-addr "127.0.0.1:$port" \
@@ -147,6 +157,19 @@ wait_caught_up() {
   done
 }
 
+# wait_settled -> prints the time (ms) when no candidate was pending any more
+wait_settled() {
+  local deadline=$(( $(date +%s) + IDLE_SECS + 120 )) n
+  while :; do
+    n="$("${HELPER[@]}" metric "$METRICS" credwatch_candidates_pending)"
+    if [[ "$n" == 0 || "$n" == 0.0 ]] || (( $(date +%s) > deadline )); then
+      echo "$(now_ms)"
+      return
+    fi
+    sleep 0.2
+  done
+}
+
 stop_run() {
   kill -TERM "$RUN_PID" 2>/dev/null || true
   wait "$RUN_PID" 2>/dev/null || true
@@ -160,7 +183,13 @@ measure() {
   proc="$("${HELPER[@]}" proc "$RUN_PID")"
   cpu="${proc% *}"
   hwm="${proc#* }"
+  # Candidates of the last events settle once the stream has been idle for IDLE_SECS.
+  local t_settled
+  t_settled="$(wait_settled)"
   hist="$("${HELPER[@]}" quantiles "$METRICS" credwatch_detection_latency_seconds 0.5 0.99)"
+  local withdrawn late
+  withdrawn="$("${HELPER[@]}" metric "$METRICS" 'credwatch_candidates_total{outcome="withdrawn"}')"
+  late="$("${HELPER[@]}" metric "$METRICS" credwatch_late_sightings_total)"
   # A last look for findings still being written, then stop.
   sleep 2
   stop_run
@@ -171,11 +200,17 @@ measure() {
   jq -nc --arg mode "$mode" --argjson rate "$rate" --argjson events "$events" \
     --argjson t0 "$t0" --argjson t_sent "$t_sent" --argjson t_caught "$t_caught" \
     --argjson cpu "$cpu" --argjson hwm "$hwm" --arg hist "$hist" --argjson read "$read" \
+    --argjson lateness "${LATE:-300}" --argjson t_settled "$t_settled" \
+    --arg withdrawn "$withdrawn" --arg late "$late" \
     --slurpfile replay "$dir/replay.json" --slurpfile score "$dir/score.json" '
     ($replay[0]) as $r | ($score[0]) as $s |
     (($t_caught - $t0) / 1000) as $e2e |
     {
       mode: $mode,
+      lateness_secs: $lateness,
+      settled_after_send_secs: ((($t_settled - $t_sent) / 1000) | if . < 0 then 0 else . end),
+      withdrawn: $withdrawn,
+      late_sightings: $late,
       target_rate: (if $rate > 0 then $rate else null end),
       events: $events,
       records: $r.records,
@@ -200,10 +235,11 @@ measure() {
     }' | tee -a "$RESULTS" >&2
 }
 
+for LATE in $LATENESS; do
 for rate in $RATES; do
   events=$(( rate * DURATION ))
   wl="$(workload "$events")"
-  dir="$OUT/rate-$rate"
+  dir="$OUT/rate-$rate-lateness-$LATE"
   # A fresh stream each run: no checkpoint or findings of an earlier run may be reused.
   rm -rf "$dir"
   mkdir -p "$dir"
@@ -220,6 +256,8 @@ for rate in $RATES; do
   measure "paced" "$rate" "$wl" "$dir" "$t0" "$t_sent" "$t_caught"
   stop_stack
 done
+done
+LATE=300
 
 largest="$(for r in $RATES; do echo $(( r * DURATION )); done | sort -n | tail -1)"
 wl="$(workload "$largest")"

@@ -37,6 +37,11 @@ struct Worker {
 
 impl Worker {
     fn start(moto: &MotoServer, stream: &str, id: &str) -> Worker {
+        Worker::start_with(moto, stream, id, &[])
+    }
+
+    /// [`Worker::start`] with more environment.
+    fn start_with(moto: &MotoServer, stream: &str, id: &str, extra: &[(&str, &str)]) -> Worker {
         let state = State::new();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -50,9 +55,15 @@ impl Worker {
                 ("CREDWATCH_COORDINATION__BACKEND", "dynamodb"),
                 ("CREDWATCH_COORDINATION__LEASE_TABLE", LEASE_TABLE),
                 ("CREDWATCH_COORDINATION__STATE_TABLE", STATE_TABLE),
-                ("CREDWATCH_COORDINATION__LEASE_DURATION_SECS", &lease),
+                (
+                    "CREDWATCH_COORDINATION__LEASE_DURATION_SECS",
+                    lease.as_str(),
+                ),
                 ("CREDWATCH_WORKER_ID", id),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         );
         Worker {
             id: id.to_string(),
@@ -722,4 +733,102 @@ async fn the_state_table_keeps_the_earliest_origin_claims_once_and_shares_contro
     assert_eq!(at, 3);
     assert_eq!(table.control_since(3).await.unwrap(), (vec![], 3));
     assert_eq!(table.control_since(2).await.unwrap().0, vec!["{\"n\":2}"]);
+}
+
+/// An `AssociateAddress` giving `ip` to the session's instance at `t`.
+fn associate(s: &Session, ip: &str, t: i64) -> String {
+    serde_json::json!({
+        "eventVersion": "1.08", "eventID": format!("{}-assoc", s.home_id),
+        "eventTime": credwatch::event::format_time(t),
+        "eventName": "AssociateAddress", "eventSource": "ec2.amazonaws.com",
+        "awsRegion": "us-east-1", "sourceIPAddress": "198.51.100.77", "userAgent": "aws-cli/2.15",
+        "recipientAccountId": support::run::ACCT,
+        "userIdentity": {"type": "IAMUser", "accountId": support::run::ACCT,
+                         "accessKeyId": "AKIAADMINEXAMPLE", "arn": "arn:aws:iam::111122223333:user/admin"},
+        "requestParameters": {"publicIp": ip, "instanceId": s.instance},
+        "responseElements": {"requestId": "r-1", "_return": true}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_read_by_one_worker_explains_a_use_the_other_read_first() {
+    let moto = MotoServer::start_serial();
+    let stream = "coord-credit";
+    moto.create_stream(stream, 2).await;
+    let db = dynamodb(&moto).await;
+    let keys = hash_keys(&moto, stream).await;
+    // Long enough idleness that the watermark, not idleness, decides while the test puts records.
+    let idle = [("CREDWATCH_DETECTION__IDLE_SECS", "15")];
+    let w1 = Worker::start_with(&moto, stream, "w1", &idle);
+    let w2 = Worker::start_with(&moto, stream, "w2", &idle);
+    let owners = wait_until(
+        "two leases, one per worker",
+        Duration::from_secs(60),
+        &[&w1, &w2],
+        async || {
+            let o = by_owner(&leases(&db).await);
+            if o.len() == 2 && o.values().all(|v| v.len() == 1) {
+                Ok(o)
+            } else {
+                Err(format!("owners {o:?}"))
+            }
+        },
+    )
+    .await;
+    let (shard1, shard2) = (owners["w1"][0].clone(), owners["w2"][0].clone());
+    let ss = sessions("coord-credit", 2, NETS);
+    let (moved, stolen) = (&ss[0], &ss[1]);
+    let eip = "54.99.0.1";
+    // Worker 2 reads the instance's calls first: its home, then a call from the Elastic IP.
+    put_to_shards(
+        &moto,
+        stream,
+        &keys,
+        &[
+            (shard2.clone(), moved.home()),
+            (
+                shard2.clone(),
+                moved.event(&moved.second_id, eip, moved.t + 120),
+            ),
+        ],
+    )
+    .await;
+    wait_until(
+        "worker 2 holds the candidate",
+        Duration::from_secs(60),
+        &[&w1, &w2],
+        async || match w2.metric("credwatch_candidates_pending", "") {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("pending {n}")),
+        },
+    )
+    .await;
+    // Worker 1 then reads the AssociateAddress (earlier in event time) that explains the move,
+    // and a theft split over the two workers, the control that settling happened at all.
+    put_to_shards(
+        &moto,
+        stream,
+        &keys,
+        &[
+            (shard1.clone(), associate(moved, eip, moved.t + 100)),
+            (shard1.clone(), stolen.home()),
+            (shard2.clone(), stolen.second()),
+        ],
+    )
+    .await;
+    let found = found_once(
+        "the theft found once",
+        std::slice::from_ref(stolen),
+        &[&w1, &w2],
+    )
+    .await;
+    assert!(
+        found.iter().all(|(_, f)| f["session"] != moved.name()),
+        "the Elastic IP explained the move: {found:?}"
+    );
+    assert!(
+        w2.metric("credwatch_candidates_total", "withdrawn") >= 1.0,
+        "the candidate was withdrawn"
+    );
 }

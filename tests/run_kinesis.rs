@@ -540,3 +540,77 @@ async fn sigterm_checkpoints_and_exits_0() {
         );
     }
 }
+
+/// The value of an unlabelled metric in a `/metrics` text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_candidates_are_pending_then_restart_writes_each_finding_once() {
+    let moto = MotoServer::start();
+    let stream = "pending";
+    moto.create_stream(stream, 2).await;
+    moto.create_log_group_with_subscription(LOG_GROUP, stream)
+        .await;
+    let sessions = sessions("pend", 6, NETS);
+    // Homes and second origins on their own log streams, so on both shards.
+    for (i, s) in sessions.iter().enumerate() {
+        moto.put_log_events(LOG_GROUP, &format!("home-{i}"), &[(now_ms(), s.home())])
+            .await;
+        moto.put_log_events(LOG_GROUP, &format!("away-{i}"), &[(now_ms(), s.second())])
+            .await;
+    }
+    let last = last_sequences(&moto, stream).await;
+    assert_eq!(last.len(), 2, "records on both shards: {last:?}");
+
+    // The stream never goes idle for this run: its watermark stays at the events' own times, so
+    // every candidate waits (a second origin needs the watermark past its time + 300 s).
+    let state = State::new();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let hold = [("CREDWATCH_DETECTION__IDLE_SECS", "3600")];
+    let mut run = Run::start(&moto.endpoint(), stream, &state, Some(&addr), &hold);
+    run.wait_for(
+        "six candidates pending and a checkpoint written",
+        FINDINGS_TIMEOUT,
+        || {
+            let text = http_get(port, "/metrics")
+                .map(|(_, t)| t)
+                .unwrap_or_default();
+            let pending = metric_value(&text, "credwatch_candidates_pending");
+            match (pending, state.checkpoint()) {
+                (Some(p), Some(_)) if p >= 6.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // A second checkpoint interval, so a checkpoint taken after the candidates is on disk.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        checkpoint_covers(&state, &last).is_err(),
+        "the checkpoint moved past records whose candidates are pending: {:?}",
+        state.checkpoint()
+    );
+    run.kill9();
+    drop(run);
+    assert!(
+        state.findings().is_empty(),
+        "nothing is final yet, nothing was written: {:?}",
+        state.findings()
+    );
+
+    // Restarted with the tests' idleness: the held records are read again and settle.
+    let mut run = Run::start(&moto.endpoint(), stream, &state, None, &[]);
+    let refs: Vec<&Session> = sessions.iter().collect();
+    let findings = run.wait_for_findings(&state, &refs).await;
+    assert_one_finding_per_session(&findings, &refs);
+    run.wait_for(
+        "a checkpoint covering every record",
+        FINDINGS_TIMEOUT,
+        || checkpoint_covers(&state, &last),
+    )
+    .await;
+}

@@ -33,12 +33,17 @@ def samples(text, name):
 
 
 def metric(url, name):
+    # `name{label="value"}` sums only the series carrying that label.
+    want = ""
+    if "{" in name:
+        name, want = name.split("{", 1)
+        want = want.rstrip("}")
     try:
         text = scrape(url)
     except OSError:
         print("nan")
         return
-    print(int(sum(v for _, v in samples(text, name))))
+    print(int(sum(v for labels, v in samples(text, name) if want in labels)))
 
 
 def quantiles(url, name, qs):
@@ -89,6 +94,7 @@ def table(path):
             r["records_ratio"] = f"{r['records_read']:,} / {r['records']:,}"
     cols = [
         ("mode", "mode"),
+        ("lateness (s)", "lateness_secs"),
         ("target ev/s", "target_rate"),
         ("events", "events"),
         ("records read / sent", "records_ratio"),
@@ -97,6 +103,9 @@ def table(path):
         ("lag after send (s)", "lag_after_send_secs"),
         ("p50 latency (s)", "p50_secs"),
         ("p99 latency (s)", "p99_secs"),
+        ("settled after send (s)", "settled_after_send_secs"),
+        ("withdrawn", "withdrawn"),
+        ("late sightings", "late_sightings"),
         ("histogram p50/p99 (s)", "histogram"),
         ("CPU (s)", "cpu_secs"),
         ("CPU ms / 1k events", "cpu_ms_per_1k_events"),
