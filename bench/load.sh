@@ -3,7 +3,7 @@
 # `credwatch run` consumes it; reports sustained events/s, detection latency, CPU and peak RSS.
 #
 #   bench/load.sh [--rates "1000 10000"] [--duration SECS] [--shards N] [--events-per-record N]
-#                 [--concurrency N] [--lateness "300 0"] [--idle-secs S] [--no-replay-only]
+#                 [--concurrency N] [--lateness "600 0"] [--idle-secs S] [--no-replay-only]
 #                 [--no-drain] [--out DIR]
 #
 # For each rate R: generate R*SECS events (release build, seed 1), start the local stack
@@ -13,7 +13,7 @@
 # read every record (credwatch_kinesis_records_total equals the records sent and stops growing),
 # and every candidate has settled (credwatch_candidates_pending is 0), then `credwatch score`
 # against the truth with the replay's sent-log. Each rate runs once per `--lateness` value
-# (`detection.allowed_lateness_secs`; default "300 0": the default and none), with
+# (`detection.allowed_lateness_secs`; default "600 0": the default and none), with
 # `detection.idle_secs` = `--idle-secs` (default 5: the end of the replay is when the stream goes
 # idle, and that is what settles the last candidates).
 #
@@ -42,7 +42,7 @@ OUT="$REPO/.local/bench/load-$(date -u +%Y%m%dT%H%M%SZ)"
 CATCH_UP_TIMEOUT=900
 STALL_SECS=20
 CONCURRENCY=1
-LATENESS="300 0"
+LATENESS="600 0"
 IDLE_SECS=5
 
 while (($#)); do
@@ -113,7 +113,7 @@ start_run() {
   port="$(free_port)"
   METRICS="http://127.0.0.1:$port/metrics"
   CREDWATCH_LOG=info CREDWATCH_KINESIS__POLL_INTERVAL_MS=200 \
-    CREDWATCH_DETECTION__ALLOWED_LATENESS_SECS="${LATE:-300}" CREDWATCH_DETECTION__IDLE_SECS="$IDLE_SECS" \
+    CREDWATCH_DETECTION__ALLOWED_LATENESS_SECS="${LATE:-600}" CREDWATCH_DETECTION__IDLE_SECS="$IDLE_SECS" \
     "$BIN" run --config "$wl/credwatch.toml" --stream "$CREDWATCH_STREAM" --region us-east-1 \
     --endpoint-url "$AWS_ENDPOINT_URL" --findings-out "$dir/findings.jsonl" \
     --checkpoint-dir "$dir/checkpoints" --metrics-addr "127.0.0.1:$port" \
@@ -200,7 +200,7 @@ measure() {
   jq -nc --arg mode "$mode" --argjson rate "$rate" --argjson events "$events" \
     --argjson t0 "$t0" --argjson t_sent "$t_sent" --argjson t_caught "$t_caught" \
     --argjson cpu "$cpu" --argjson hwm "$hwm" --arg hist "$hist" --argjson read "$read" \
-    --argjson lateness "${LATE:-300}" --argjson t_settled "$t_settled" \
+    --argjson lateness "${LATE:-600}" --argjson t_settled "$t_settled" \
     --arg withdrawn "$withdrawn" --arg late "$late" \
     --slurpfile replay "$dir/replay.json" --slurpfile score "$dir/score.json" '
     ($replay[0]) as $r | ($score[0]) as $s |
@@ -257,7 +257,7 @@ for rate in $RATES; do
   stop_stack
 done
 done
-LATE=300
+LATE=600
 
 largest="$(for r in $RATES; do echo $(( r * DURATION )); done | sort -n | tail -1)"
 wl="$(workload "$largest")"

@@ -80,7 +80,7 @@ impl Default for DetectionConfig {
                 "AWS_Lambda_".into(),
             ],
             ecs_user_agent_markers: vec!["exec-env/AWS_ECS".into()],
-            allowed_lateness_secs: 300,
+            allowed_lateness_secs: 600,
             idle_secs: 60,
             max_hold_secs: 1800,
             max_book_entries: 1_000_000,

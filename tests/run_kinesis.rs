@@ -566,7 +566,7 @@ async fn kill_9_while_candidates_are_pending_then_restart_writes_each_finding_on
     assert_eq!(last.len(), 2, "records on both shards: {last:?}");
 
     // The stream never goes idle for this run: its watermark stays at the events' own times, so
-    // every candidate waits (a second origin needs the watermark past its time + 300 s).
+    // every candidate waits (a second origin needs the watermark past its time + the allowed lateness).
     let state = State::new();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");

@@ -1,93 +1,13 @@
 //! Scenario tables for the engine: events in, findings out.
 
+mod support;
+
 use credwatch::config::Config;
 use credwatch::engine::{Engine, Position};
 use credwatch::finding::{Finding, Severity};
 use credwatch::settle::SettleAt;
 use serde_json::{json, Value};
-
-const ACCT: &str = "111122223333";
-const T0: i64 = 1_722_587_000; // 2024-08-02T08:23:20Z
-
-fn time(t: i64) -> String {
-    credwatch::event::format_time(t)
-}
-
-/// An event builder: start from a kind, then adjust fields.
-#[derive(Clone)]
-struct Ev(Value);
-
-impl Ev {
-    fn base(name: &str, source: &str, t: i64, ip: &str) -> Ev {
-        let n = NEXT.with(|c| {
-            let v = c.get() + 1;
-            c.set(v);
-            v
-        });
-        Ev(json!({
-            "eventVersion": "1.08",
-            "eventID": format!("00000000-0000-4000-8000-{n:012}"),
-            "eventTime": time(t),
-            "eventName": name,
-            "eventSource": source,
-            "awsRegion": "us-east-1",
-            "sourceIPAddress": ip,
-            "userAgent": "aws-cli/2.15",
-            "recipientAccountId": ACCT,
-            "userIdentity": {"type": "IAMUser", "accountId": ACCT, "accessKeyId": "AKIAUSER", "arn": format!("arn:aws:iam::{ACCT}:user/alice")},
-        }))
-    }
-
-    /// A call with an EC2 instance-profile credential.
-    fn ec2(key: &str, instance: &str, ip: &str, t: i64) -> Ev {
-        Ev::base("DescribeInstances", "ec2.amazonaws.com", t, ip).identity(json!({
-            "type": "AssumedRole",
-            "principalId": format!("AROAEXAMPLE:{instance}"),
-            "arn": format!("arn:aws:sts::{ACCT}:assumed-role/app-role/{instance}"),
-            "accountId": ACCT,
-            "accessKeyId": key,
-            "sessionContext": {
-                "sessionIssuer": {"type": "Role", "arn": format!("arn:aws:iam::{ACCT}:role/app-role"), "userName": "app-role"},
-                "attributes": {"creationDate": time(T0 - 600), "mfaAuthenticated": "false"},
-                "ec2RoleDelivery": "2.0"
-            }
-        }))
-    }
-
-    /// A call with an ordinary assumed-role credential.
-    fn role(key: &str, session: &str, ip: &str, t: i64) -> Ev {
-        Ev::base("ListBuckets", "s3.amazonaws.com", t, ip).identity(json!({
-            "type": "AssumedRole",
-            "arn": format!("arn:aws:sts::{ACCT}:assumed-role/deployer/{session}"),
-            "accountId": ACCT,
-            "accessKeyId": key,
-            "sessionContext": {"attributes": {"creationDate": time(T0 - 60)}}
-        }))
-    }
-
-    fn identity(mut self, id: Value) -> Ev {
-        self.0["userIdentity"] = id;
-        self
-    }
-    fn set(mut self, k: &str, v: Value) -> Ev {
-        self.0[k] = v;
-        self
-    }
-    fn name(self, source: &str, name: &str) -> Ev {
-        self.set("eventSource", json!(source))
-            .set("eventName", json!(name))
-    }
-    fn ua(self, ua: &str) -> Ev {
-        self.set("userAgent", json!(ua))
-    }
-    fn text(&self) -> String {
-        self.0.to_string()
-    }
-}
-
-thread_local! {
-    static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
+use support::events::{time, Ev, ACCT, T0};
 
 fn run_with(cfg: &Config, events: &[Ev]) -> Vec<Finding> {
     let engine = Engine::new(cfg);
@@ -181,7 +101,7 @@ fn session_token_reuse_scenarios() {
             Config::default(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), {
                 let mut e = Ev::ec2("ASIA1", INST, EVIL, T0 + 5);
-                e.0["userIdentity"]["invokedBy"] = json!("cloudformation.amazonaws.com");
+                e.json["userIdentity"]["invokedBy"] = json!("cloudformation.amazonaws.com");
                 e
             }],
             vec![],
@@ -412,8 +332,8 @@ fn reuse_findings_carry_both_events_and_the_exceptions_checked() {
     assert_eq!(
         f.event_ids,
         vec![
-            first.0["eventID"].as_str().unwrap(),
-            second.0["eventID"].as_str().unwrap()
+            first.json["eventID"].as_str().unwrap(),
+            second.json["eventID"].as_str().unwrap()
         ]
     );
     let (a, b) = (&f.events[0], &f.events[1]);
@@ -597,7 +517,7 @@ fn service_principal_churn_does_not_grow_the_store() {
             T0 + i,
         );
         let mut ev = ev;
-        ev.0["userIdentity"]["invokedBy"] = json!("resource-explorer-2.amazonaws.com");
+        ev.json["userIdentity"]["invokedBy"] = json!("resource-explorer-2.amazonaws.com");
         engine
             .process_json(
                 &ev.text(),
@@ -823,7 +743,7 @@ fn two_workers_sharing_a_store_report_a_session_split_between_them_once() {
     let f = &found[0];
     assert_eq!(f.events[0].origin, HOME, "the earlier event is the home");
     assert_eq!(f.events[1].origin, EVIL);
-    assert_eq!(f.events[1].event_id, evil.0["eventID"].as_str().unwrap());
+    assert_eq!(f.events[1].event_id, evil.json["eventID"].as_str().unwrap());
     // More calls from both origins on either worker: the same claim, never a new one.
     let mut more: Vec<Finding> = [(&a, &evil), (&b, &home), (&b, &evil)]
         .iter()

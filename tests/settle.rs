@@ -3,6 +3,8 @@
 //! events in time order give: the same ids and the same evidence. And findings released as the
 //! event-time watermark passes them are the final ones.
 
+mod support;
+
 use std::cell::Cell;
 use std::path::PathBuf;
 
@@ -15,139 +17,14 @@ use credwatch::settle::SettleAt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use serde_json::{json, Value};
+use support::events::{Ev, T0};
 
-const ACCT: &str = "111122223333";
-const T0: i64 = 1_722_587_000; // 2024-08-02T08:23:20Z
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 const RULE: &str = "session_token_reuse";
 const LAMBDA_UA: &str = "Boto3/1.34 md/Botocore#1.34 exec-env/AWS_Lambda_python3.12";
 const HOME: &str = "54.10.10.10";
 const EVIL: &str = "203.0.113.66";
-
-fn time(t: i64) -> String {
-    credwatch::event::format_time(t)
-}
-
-thread_local! {
-    static NEXT: Cell<u64> = const { Cell::new(0) };
-}
-
-/// A CloudTrail event (as `tests/scenarios.rs` builds them), with its time for sorting.
-#[derive(Clone, Debug)]
-struct Ev {
-    json: Value,
-    t: i64,
-}
-
-impl Ev {
-    fn base(name: &str, source: &str, t: i64, ip: &str) -> Ev {
-        let n = NEXT.with(|c| {
-            let v = c.get() + 1;
-            c.set(v);
-            v
-        });
-        Ev {
-            json: json!({
-                "eventVersion": "1.08",
-                "eventID": format!("00000000-0000-4000-8000-{n:012}"),
-                "eventTime": time(t),
-                "eventName": name,
-                "eventSource": source,
-                "awsRegion": "us-east-1",
-                "sourceIPAddress": ip,
-                "userAgent": "aws-cli/2.15",
-                "recipientAccountId": ACCT,
-                "userIdentity": {"type": "IAMUser", "accountId": ACCT, "accessKeyId": "AKIAUSER", "arn": format!("arn:aws:iam::{ACCT}:user/alice")},
-            }),
-            t,
-        }
-    }
-
-    /// A call with an EC2 instance-profile credential `key`, issued at `issued`.
-    fn ec2_issued(key: &str, instance: &str, ip: &str, t: i64, issued: i64) -> Ev {
-        Ev::base("DescribeInstances", "ec2.amazonaws.com", t, ip).identity(json!({
-            "type": "AssumedRole",
-            "principalId": format!("AROAEXAMPLE:{instance}"),
-            "arn": format!("arn:aws:sts::{ACCT}:assumed-role/app-role/{instance}"),
-            "accountId": ACCT,
-            "accessKeyId": key,
-            "sessionContext": {
-                "sessionIssuer": {"type": "Role", "arn": format!("arn:aws:iam::{ACCT}:role/app-role"), "userName": "app-role"},
-                "attributes": {"creationDate": time(issued), "mfaAuthenticated": "false"},
-                "ec2RoleDelivery": "2.0"
-            }
-        }))
-    }
-
-    fn ec2(key: &str, instance: &str, ip: &str, t: i64) -> Ev {
-        Ev::ec2_issued(key, instance, ip, t, T0 - 600)
-    }
-
-    /// A call with an assumed-role credential (a Lambda function's, with the runtime's agent).
-    fn role(key: &str, session: &str, ip: &str, t: i64) -> Ev {
-        Ev::base("ListBuckets", "s3.amazonaws.com", t, ip).identity(json!({
-            "type": "AssumedRole",
-            "arn": format!("arn:aws:sts::{ACCT}:assumed-role/fn-role/{session}"),
-            "accountId": ACCT,
-            "accessKeyId": key,
-            "sessionContext": {"attributes": {"creationDate": time(T0 - 60)}}
-        }))
-    }
-
-    fn associate_ip(ip: &str, instance: &str, t: i64) -> Ev {
-        Ev::base("AssociateAddress", "ec2.amazonaws.com", t, "198.51.100.7").set(
-            "requestParameters",
-            json!({"publicIp": ip, "instanceId": instance}),
-        )
-    }
-
-    fn allocate(ip: &str, allocation: &str, t: i64) -> Ev {
-        Ev::base("AllocateAddress", "ec2.amazonaws.com", t, "198.51.100.7").set(
-            "responseElements",
-            json!({"publicIp": ip, "allocationId": allocation, "domain": "vpc"}),
-        )
-    }
-
-    fn associate_allocation(allocation: &str, instance: &str, t: i64) -> Ev {
-        Ev::base("AssociateAddress", "ec2.amazonaws.com", t, "198.51.100.7").set(
-            "requestParameters",
-            json!({"allocationId": allocation, "instanceId": instance}),
-        )
-    }
-
-    fn start(instance: &str, t: i64) -> Ev {
-        Ev::base("StartInstances", "ec2.amazonaws.com", t, "198.51.100.7").set(
-            "requestParameters",
-            json!({"instancesSet": {"items": [{"instanceId": instance}]}}),
-        )
-    }
-
-    fn identity(mut self, id: Value) -> Ev {
-        self.json["userIdentity"] = id;
-        self
-    }
-    fn set(mut self, k: &str, v: Value) -> Ev {
-        self.json[k] = v;
-        self
-    }
-    fn name(self, source: &str, name: &str) -> Ev {
-        self.set("eventSource", json!(source))
-            .set("eventName", json!(name))
-    }
-    fn ua(self, ua: &str) -> Ev {
-        self.set("userAgent", json!(ua))
-    }
-    fn region(self, region: &str) -> Ev {
-        self.set("awsRegion", json!(region))
-    }
-    fn id(&self) -> &str {
-        self.json["eventID"].as_str().unwrap()
-    }
-    fn text(&self) -> String {
-        self.json.to_string()
-    }
-}
 
 /// Feeds one event, collecting what it reports at once (event rules).
 fn feed(engine: &Engine, ev: &Ev, prefix: &str, index: usize, out: &mut Vec<Finding>) {
@@ -433,16 +310,24 @@ fn build(spec: &CorpusSpec) -> (Vec<Ev>, Vec<Ev>) {
     if let Some(l) = &spec.lambda {
         for (n, t) in l.runtime.iter().enumerate() {
             events.push(
-                Ev::role("ASIALAMBDA1", "my-fn", &format!("3.80.0.{}", n + 1), T0 + t)
-                    .ua(LAMBDA_UA),
+                Ev::role_of(
+                    "fn-role",
+                    "ASIALAMBDA1",
+                    "my-fn",
+                    &format!("3.80.0.{}", n + 1),
+                    T0 + t,
+                )
+                .ua(LAMBDA_UA),
             );
         }
     }
     for th in &spec.thieves {
         let ip = THIEVES[th.addr];
         if th.target == 3 && spec.lambda.is_some() {
-            events
-                .push(Ev::role("ASIALAMBDA1", "my-fn", ip, T0 + th.at).ua("python-requests/2.31"));
+            events.push(
+                Ev::role_of("fn-role", "ASIALAMBDA1", "my-fn", ip, T0 + th.at)
+                    .ua("python-requests/2.31"),
+            );
         } else {
             let i = th.target % spec.instances.len();
             let stolen_at = (th.at - th.key_age * HOUR).max(0);

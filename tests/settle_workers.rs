@@ -1,5 +1,6 @@
-//! Settling across workers that share one state store: a credit read by one worker explains a
-//! use read by another, even when the use's shard is read first.
+//! Settling when the stream does not cooperate: workers that share one state store (a credit read
+//! by one explains a use read by another, even when the use's shard is read first), and a
+//! watermark that stays behind (a stalled shard, a dead worker's shards): `max_hold_secs`.
 
 use credwatch::config::Config;
 use credwatch::coord::MemoryAuthority;
@@ -116,4 +117,35 @@ fn a_credit_later_than_the_use_does_not_explain_it() {
         .flat_map(|w| w.settle(SettleAt::END))
         .collect();
     assert_eq!(found.len(), 1, "{found:?}");
+}
+
+#[test]
+fn a_candidate_held_past_max_hold_is_released_and_says_the_stream_was_behind() {
+    let cfg = Config::from_toml_str("[detection]\nmax_hold_secs = 0\n").unwrap();
+    let e = Engine::new(&cfg);
+    feed(&e, &use_from("home", HOME, T0));
+    feed(&e, &use_from("thief", "203.0.113.9", T0 + 120));
+    // The watermark never passed the thief's call (a shard stalled); wall time says release.
+    let behind = SettleAt {
+        watermark: T0 + 130,
+        now: Some(credwatch::settle::wall_now()),
+    };
+    let found = e.settle(behind);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let note = found[0].released_early.as_deref().unwrap_or_default();
+    assert!(
+        note.contains("max_hold_secs") && note.contains("behind"),
+        "{note}"
+    );
+    // Released once: the watermark catching up later reports nothing more.
+    assert!(e.settle(SettleAt::END).is_empty());
+
+    // With the default hold, the same behind watermark keeps it pending.
+    let e = Engine::new(&Config::default());
+    feed(&e, &use_from("home", HOME, T0));
+    feed(&e, &use_from("thief", "203.0.113.9", T0 + 120));
+    assert!(e.settle(behind).is_empty());
+    let found = e.settle(SettleAt::END);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].released_early, None, "settled by the watermark");
 }

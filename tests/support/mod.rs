@@ -3,6 +3,7 @@
 //! Every integration test binary compiles this module whole and uses only part of it.
 #![allow(dead_code)]
 
+pub mod events;
 pub mod kinesis_mock;
 pub mod moto;
 pub mod process;
