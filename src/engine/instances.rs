@@ -311,8 +311,10 @@ impl InstanceBook {
 
     /// Every address credited to `instance` by a call at or before `at`: `f(addr, time, call)`.
     fn each_credit(&self, instance: &str, at: i64, mut f: impl FnMut(IpAddr, i64, &str)) {
-        // A copy, so that no lock on `instances` is held while the other maps are read.
-        let Some(inst) = self.instances.get(instance).map(|e| e.clone()) else {
+        // Read guards, no copies (this runs for every call of an instance session from a new
+        // origin). Lock order: `instances`, then `interfaces` / `allocations`, read only;
+        // `observe` never holds one map's entry while it takes another's.
+        let Some(inst) = self.instances.get(instance) else {
             return;
         };
         let alloc_ip = |id: &str| self.allocations.get(id).and_then(|a| a.ip);
@@ -325,7 +327,7 @@ impl InstanceBook {
             }
         }
         let mut from_interface = |eni: &str, since: Option<(i64, &str)>| {
-            let Some(ni) = self.interfaces.get(eni).map(|e| e.clone()) else {
+            let Some(ni) = self.interfaces.get(eni) else {
                 return;
             };
             for (g, assigned) in &ni.addrs {

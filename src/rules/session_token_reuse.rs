@@ -215,14 +215,19 @@ pub(crate) fn check(
     }
     // A contested session keeps the earliest event from every origin until it is settled.
     sight(e, key, ev, cred, origin, tag, Some(&value), t, pos, expires);
+    // The cheap question first (most calls credit nothing); the evidence text only when it does.
     let credited = |e: &Engine| {
-        let credit = e.credit_check(cred.instance_id.as_deref(), cred.class.as_str(), addr, t);
-        if credit.applied {
-            e.stats.explained(Explanation::InstanceAddress);
-            e.store
-                .add_explained(key, origin.to_string(), credit.detail, t, expires);
+        let (Some(instance), Some(a)) = (cred.instance_id.as_deref(), addr) else {
+            return false;
+        };
+        if e.instances.credit_for(instance, a, t).is_none() {
+            return false;
         }
-        credit.applied
+        let credit = e.credit_check(Some(instance), cred.class.as_str(), addr, t);
+        e.stats.explained(Explanation::InstanceAddress);
+        e.store
+            .add_explained(key, origin.to_string(), credit.detail, t, expires);
+        true
     };
     if cred.instance_id.is_some() && credited(e) {
         return;

@@ -241,12 +241,21 @@ impl Engine {
             .contests
             .iter()
             .filter(|c| {
-                // Not later than the home's time (the home skips credited sightings): a
-                // contest picked too early is harmless, `judge` checks every sighting again.
-                let home_time = first_sighting(c).map_or(i64::MIN, |h| h.time);
-                c.sightings
+                // Cheap, since it runs for every contest on every pass: the home is never
+                // decided, so a contest with one undecided sighting has nothing to judge. Not
+                // later than the home's time (the home skips credited sightings): a contest
+                // picked too early is harmless, `judge` checks every sighting again.
+                let mut undecided = c
+                    .sightings
                     .iter()
-                    .any(|s| !c.decided.contains(&s.value) && is_final(s, s.time.max(home_time)))
+                    .filter(|s| !c.decided.contains(&s.value));
+                let (Some(a), Some(_)) = (undecided.next(), undecided.next()) else {
+                    return false;
+                };
+                let home_time = first_sighting(c).map_or(i64::MIN, |h| h.time);
+                std::iter::once(a)
+                    .chain(c.sightings.iter().filter(|s| !c.decided.contains(&s.value)))
+                    .any(|s| is_final(s, s.time.max(home_time)))
             })
             .map(|c| *c.key())
             .collect();

@@ -23,7 +23,9 @@ rm -rf "$DEMO" && mkdir -p "$DEMO"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
 say "starting credwatch run (metrics on http://127.0.0.1:$PORT/metrics)"
-"$BIN" run --stream "$CREDWATCH_STREAM" --endpoint-url "$AWS_ENDPOINT_URL" --region "$AWS_REGION" \
+# The demo's stream goes quiet after a few calls: settle once it has been idle for 3 s (a live
+# stream's watermark moves with its own traffic; the default idleness is 60 s).
+CREDWATCH_DETECTION__IDLE_SECS=3 "$BIN" run --stream "$CREDWATCH_STREAM" --endpoint-url "$AWS_ENDPOINT_URL" --region "$AWS_REGION" \
   --findings-out "$DEMO/findings.jsonl" --dead-letter-out "$DEMO/dead-letter.jsonl" \
   --checkpoint-dir "$DEMO/state" --metrics-addr "127.0.0.1:$PORT" --log info >"$DEMO/credwatch.log" 2>&1 &
 CW=$!
@@ -41,8 +43,8 @@ say "an attacker uses the stolen instance credential from elsewhere (another log
 "$PY" tests/stack/provision.py put-events --log-group "$CREDWATCH_LOG_GROUP" \
   --log-stream attacker-replay tests/fixtures/demo-attacker.json
 
-say "waiting for the finding"
-for _ in $(seq 1 150); do
+say "waiting for the finding (it settles once every shard's event time has passed it, or the stream went idle)"
+for _ in $(seq 1 300); do
   grep -q session_token_reuse "$DEMO/findings.jsonl" 2>/dev/null && break
   sleep 0.2
 done
