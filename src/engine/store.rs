@@ -1,7 +1,7 @@
 //! The session-origin store shared by every consumer task.
 //!
 //! One entry per workload session (an instance's role session across key rotations, else the
-//! access key), keyed by a 64-bit xxh3 of the session key. An entry is 34 bytes: the first-seen
+//! access key), keyed by a 64-bit xxh3 of the session key. An entry is 46 bytes: the first-seen
 //! origin (an IPv4 address inline, anything else interned), the first event's id (a UUID as 16
 //! bytes), its time, the expiry, the interned profile of the first event (user agent, event
 //! source and name, and its access key when that is not the session key) and two bytes of flags. Sessions that
@@ -99,8 +99,56 @@ impl HomeTag {
 }
 
 const FLAG_EVENT_ID_INTERNED: u8 = 1 << 3;
+/// `key` holds the first event's `ASIA…` / `AKIA…` access key (a session not keyed by it).
+const FLAG_KEY_ASIA: u8 = 1 << 4;
+const FLAG_KEY_AKIA: u8 = 1 << 5;
 
-/// One tracked session: 34 bytes, packed.
+/// Packs the 16 characters after an access key's 4-letter prefix (A-Z, 0-9) in 6 bits each.
+fn pack_key(k: &str) -> Option<(u8, [u8; 12])> {
+    let flag = match k.get(..4)? {
+        "ASIA" => FLAG_KEY_ASIA,
+        "AKIA" => FLAG_KEY_AKIA,
+        _ => return None,
+    };
+    let tail = k.get(4..)?.as_bytes();
+    if tail.len() != 16 {
+        return None;
+    }
+    let mut bits: u128 = 0;
+    for &c in tail {
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'A'..=b'Z' => c - b'A' + 10,
+            _ => return None,
+        };
+        bits = (bits << 6) | v as u128;
+    }
+    let mut out = [0u8; 12];
+    out.copy_from_slice(&bits.to_le_bytes()[..12]);
+    Some((flag, out))
+}
+
+fn unpack_key(flags: u8, key: [u8; 12]) -> Option<String> {
+    let prefix = if flags & FLAG_KEY_ASIA != 0 {
+        "ASIA"
+    } else if flags & FLAG_KEY_AKIA != 0 {
+        "AKIA"
+    } else {
+        return None;
+    };
+    let mut b = [0u8; 16];
+    b[..12].copy_from_slice(&key);
+    let bits = u128::from_le_bytes(b);
+    let mut out = String::with_capacity(20);
+    out.push_str(prefix);
+    for i in (0..16).rev() {
+        let v = ((bits >> (6 * i)) & 63) as u8;
+        out.push(if v < 10 { (b'0' + v) as char } else { (b'A' + v - 10) as char });
+    }
+    Some(out)
+}
+
+/// One tracked session: 46 bytes, packed.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, packed)]
 pub struct Session {
@@ -110,10 +158,13 @@ pub struct Session {
     event_id: [u8; 16],
     pub first_time: u32,
     pub expires: u32,
-    /// Interned `user agent \x1f event source \x1f event name \x1f access key`: few distinct
-    /// values (the key only for sessions not keyed by it, such as an instance's role session).
+    /// Interned `user agent \x1f event source \x1f event name \x1f access key \x1f error`:
+    /// few distinct values (the key only when it is neither the session key nor packable).
     ua: u32,
-    /// bits 0..3: home tag; bit 3: event id interned.
+    /// The first event's access key, packed, when the session is not keyed by it (an instance's
+    /// role session across key rotations): see the key flags.
+    key: [u8; 12],
+    /// bits 0..3: home tag; bit 3: event id interned; bits 4, 5: `key` holds an ASIA / AKIA key.
     flags: u8,
     class: u8,
 }
@@ -262,7 +313,7 @@ pub const MAX_EXPLAINED: usize = 16;
 const CHUNK: usize = 4096;
 
 /// Dense storage for sessions: chunks of packed entries, a slot per live session, freed slots
-/// reused. With the index it costs 34 bytes per slot plus a 12-byte index bucket, where a map of
+/// reused. With the index it costs 46 bytes per slot plus a 12-byte index bucket, where a map of
 /// whole entries would cost a 42-byte bucket, half of them empty after each doubling.
 ///
 /// Lock order: an index shard lock, then `free`, then `chunks`, then one chunk's mutex. A slot
@@ -363,6 +414,7 @@ impl Session {
 }
 
 /// What the caller wants to store as a session's first event.
+#[derive(Clone, Copy)]
 pub struct NewHome<'a> {
     pub tag: HomeTag,
     pub value: Option<&'a HomeValue>,
@@ -406,13 +458,24 @@ impl SessionStore {
                 (b, true)
             }
         };
+        // A unique key would make the interned profile unique per session: pack it instead.
+        let packed = h.access_key_id.and_then(pack_key);
+        let profile = match packed {
+            Some(_) => profile(&NewHome {
+                access_key_id: None,
+                ..*h
+            }),
+            None => profile(h),
+        };
+        let (key_flag, key) = packed.unwrap_or((0, [0; 12]));
         Session {
             home,
             event_id,
             first_time: clamp_u32(h.time),
             expires: clamp_u32(h.expires),
-            ua: self.strings.acquire(&profile(h)),
-            flags: (h.tag as u8) | if interned { FLAG_EVENT_ID_INTERNED } else { 0 },
+            ua: self.strings.acquire(&profile),
+            key,
+            flags: (h.tag as u8) | key_flag | if interned { FLAG_EVENT_ID_INTERNED } else { 0 },
             class: h.class,
         }
     }
@@ -480,6 +543,9 @@ impl SessionStore {
         };
         if let Some(p) = self.strings.get(s.ua) {
             h.set_profile(&p);
+        }
+        if let Some(k) = unpack_key(s.flags, s.key) {
+            h.access_key_id = Some(k);
         }
         h
     }
@@ -727,8 +793,19 @@ mod tests {
     }
 
     #[test]
-    fn a_session_entry_is_34_bytes() {
-        assert_eq!(std::mem::size_of::<Session>(), 34);
+    fn a_session_entry_is_46_bytes() {
+        assert_eq!(std::mem::size_of::<Session>(), 46);
+    }
+
+    #[test]
+    fn access_keys_pack_into_twelve_bytes_and_back() {
+        for k in ["ASIAZ2ABCDEF01234567", "AKIA0000000000000000", "ASIAZZZZZZZZZZZZZZZZ"] {
+            let (flag, bytes) = pack_key(k).expect(k);
+            assert_eq!(unpack_key(flag, bytes).as_deref(), Some(k));
+        }
+        for k in ["ASIA-short", "ABIAZ2ABCDEF01234567", "ASIAz2abcdef01234567"] {
+            assert!(pack_key(k).is_none(), "{k}");
+        }
     }
 
     fn home(store: &SessionStore, tag: HomeTag, v: &HomeValue, t: i64) -> Session {
