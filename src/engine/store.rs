@@ -143,7 +143,11 @@ fn unpack_key(flags: u8, key: [u8; 12]) -> Option<String> {
     out.push_str(prefix);
     for i in (0..16).rev() {
         let v = ((bits >> (6 * i)) & 63) as u8;
-        out.push(if v < 10 { (b'0' + v) as char } else { (b'A' + v - 10) as char });
+        out.push(if v < 10 {
+            (b'0' + v) as char
+        } else {
+            (b'A' + v - 10) as char
+        });
     }
     Some(out)
 }
@@ -799,7 +803,11 @@ mod tests {
 
     #[test]
     fn access_keys_pack_into_twelve_bytes_and_back() {
-        for k in ["ASIAZ2ABCDEF01234567", "AKIA0000000000000000", "ASIAZZZZZZZZZZZZZZZZ"] {
+        for k in [
+            "ASIAZ2ABCDEF01234567",
+            "AKIA0000000000000000",
+            "ASIAZZZZZZZZZZZZZZZZ",
+        ] {
             let (flag, bytes) = pack_key(k).expect(k);
             assert_eq!(unpack_key(flag, bytes).as_deref(), Some(k));
         }

@@ -245,10 +245,7 @@ impl Engine {
                 // decided, so a contest with one undecided sighting has nothing to judge. Not
                 // later than the home's time (the home skips credited sightings): a contest
                 // picked too early is harmless, `judge` checks every sighting again.
-                let mut undecided = c
-                    .sightings
-                    .iter()
-                    .filter(|s| !c.decided.contains(&s.value));
+                let mut undecided = c.sightings.iter().filter(|s| !c.decided.contains(&s.value));
                 let (Some(a), Some(_)) = (undecided.next(), undecided.next()) else {
                     return false;
                 };
