@@ -716,6 +716,15 @@ mod properties {
     }
 }
 
+/// Two engines sharing one in-memory authority, as two workers share the state table.
+fn two_workers() -> (Engine, Engine) {
+    let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
+    (
+        Engine::new(&Config::default()).with_authority(auth.clone()),
+        Engine::new(&Config::default()).with_authority(auth),
+    )
+}
+
 /// Every worker settles its contested sessions (everything has arrived).
 fn settle_all(workers: &[&Engine]) -> Vec<Finding> {
     workers
@@ -726,9 +735,7 @@ fn settle_all(workers: &[&Engine]) -> Vec<Finding> {
 
 #[test]
 fn two_workers_sharing_a_store_report_a_session_split_between_them_once() {
-    let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
-    let a = Engine::new(&Config::default()).with_authority(auth.clone());
-    let b = Engine::new(&Config::default()).with_authority(auth.clone());
+    let (a, b) = two_workers();
     let pos = Position {
         prefix: "test",
         index: 0,
@@ -793,9 +800,7 @@ fn an_unreachable_shared_store_leaves_the_decision_to_the_local_store() {
 
 #[test]
 fn a_worker_settles_against_an_earlier_home_another_worker_read_after_its_contest_opened() {
-    let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
-    let a = Engine::new(&Config::default()).with_authority(auth.clone());
-    let b = Engine::new(&Config::default()).with_authority(auth.clone());
+    let (a, b) = two_workers();
     let pos = Position {
         prefix: "test",
         index: 0,

@@ -41,6 +41,23 @@ fn by_time(events: &[Ev]) -> Vec<Ev> {
     v
 }
 
+/// Checks `got` against the events (and the late ones) in time order; returns that answer.
+fn same_as_in_time_order(
+    cfg: &Config,
+    events: &[Ev],
+    late: &[Ev],
+    got: &[Finding],
+) -> Result<Vec<Finding>, TestCaseError> {
+    let all: Vec<Ev> = events.iter().chain(late).cloned().collect();
+    let want = in_time_order(cfg, &all);
+    prop_assert!(
+        comparable_all(got) == comparable_all(&want),
+        "{}",
+        diff(got, &want)
+    );
+    Ok(want)
+}
+
 /// The events in (eventTime, eventID) order through one engine, settled at the end.
 fn in_time_order(cfg: &Config, events: &[Ev]) -> Vec<Finding> {
     let engine = Engine::new(cfg);
@@ -413,13 +430,7 @@ fn findings_do_not_depend_on_shards_or_delivery_order() {
                 }
                 got.extend(engine.settle(SettleAt::END));
 
-                let all: Vec<Ev> = events.iter().chain(&late).cloned().collect();
-                let want = in_time_order(&cfg, &all);
-                prop_assert!(
-                    comparable_all(&got) == comparable_all(&want),
-                    "{}",
-                    diff(&got, &want)
-                );
+                let want = same_as_in_time_order(&cfg, &events, &late, &got)?;
                 if !want.is_empty() {
                     with_findings.set(with_findings.get() + 1);
                 }
@@ -545,13 +556,7 @@ fn findings_the_watermark_releases_are_the_final_ones() {
                     released.set(released.get() + 1);
                 }
 
-                let all: Vec<Ev> = events.iter().chain(&late).cloned().collect();
-                let want = in_time_order(&cfg, &all);
-                prop_assert!(
-                    comparable_all(&got) == comparable_all(&want),
-                    "{}",
-                    diff(&got, &want)
-                );
+                same_as_in_time_order(&cfg, &events, &late, &got)?;
                 Ok(())
             },
         )

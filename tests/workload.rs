@@ -703,11 +703,13 @@ async fn replay_into_a_log_group_delivers_every_event_in_time_order_per_log_stre
         .await;
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 21, 1500);
+    // One call in flight: moto 5.2.5 numbers a shard's records without a lock, so concurrent
+    // PutLogEvents (each forwarded to Kinesis) can overwrite each other's records.
     let s = replay(
         &moto,
         &["--log-group", "/credwatch/replay-test"],
         dir.path(),
-        &[],
+        &["--concurrency", "1"],
     );
     assert_eq!(s["target"], "cloudwatch_logs");
     assert_eq!(s["events_sent"], 1500, "{s}");
@@ -827,39 +829,7 @@ async fn replayed_envelopes_are_well_formed_and_run_turns_them_into_the_expected
 
     // credwatch run over the stream, with the workload's configuration.
     let findings = dir.path().join("run-findings.jsonl");
-    let log = dir.path().join("run.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_credwatch"));
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("CREDWATCH_") || k.starts_with("AWS_") {
-            cmd.env_remove(&*k);
-        }
-    }
-    let child = cmd
-        .arg("run")
-        .args([
-            "--config",
-            dir.path().join("credwatch.toml").to_str().unwrap(),
-        ])
-        .args(["--stream", "fast", "--region", REGION])
-        .args(["--endpoint-url", &moto.endpoint()])
-        .arg("--findings-out")
-        .arg(&findings)
-        .arg("--checkpoint-dir")
-        .arg(dir.path().join("checkpoints"))
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("CREDWATCH_LOG", "info")
-        .env("CREDWATCH_KINESIS__POLL_INTERVAL_MS", "200")
-        .env("CREDWATCH_DETECTION__IDLE_SECS", "2")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("run.err")).unwrap())
-        .spawn()
-        .expect("spawn credwatch run");
-    let mut run = RunChild { child, log };
+    let mut run = start_run(&moto, dir.path(), "fast", &findings);
     let t = truth(dir.path());
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -956,12 +926,13 @@ async fn run_over_a_random_distribution_subscription_finds_what_hunt_finds() {
     generate(dir.path(), 11, 4000);
     let hunted = read_lines(&hunt(dir.path(), true));
     assert!(!hunted.is_empty(), "the workload has attacks");
-    // Replay with its defaults (one log stream per session), as a new user would.
+    // Replay with its defaults (one log stream per session), as a new user would, but one call
+    // in flight: moto 5.2.5 loses records written by concurrent calls.
     let s = replay(
         &moto,
         &["--log-group", "/credwatch/random"],
         dir.path(),
-        &[],
+        &["--concurrency", "1"],
     );
     assert_eq!(s["undelivered"], 0, "{s}");
     let shards: BTreeSet<String> = moto

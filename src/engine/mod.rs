@@ -216,8 +216,7 @@ impl Engine {
         pos: Position<'_>,
     ) -> Result<(Vec<Finding>, i64), EventError> {
         let ev = CloudTrailEvent::parse(json)?;
-        let out = self.process(&ev, pos)?;
-        let t = ev.time_secs()?;
+        let (out, t) = self.process_timed(&ev, pos)?;
         if let Some(a) = &self.authority {
             if instances::is_relevant(ev.event_name()) && ev.succeeded() {
                 if let Err(e) = a.publish_control(json) {
@@ -259,6 +258,15 @@ impl Engine {
         ev: &CloudTrailEvent<'_>,
         pos: Position<'_>,
     ) -> Result<Vec<Finding>, EventError> {
+        self.process_timed(ev, pos).map(|(f, _)| f)
+    }
+
+    /// [`Engine::process`], also returning the event's time (parsed once).
+    fn process_timed(
+        &self,
+        ev: &CloudTrailEvent<'_>,
+        pos: Position<'_>,
+    ) -> Result<(Vec<Finding>, i64), EventError> {
         let t = ev.time_secs()?;
         self.stats.events.fetch_add(1, Relaxed);
         self.watermark.fetch_max(t, Relaxed);
@@ -278,7 +286,7 @@ impl Engine {
             session_token_reuse::check(self, ev, c, &origin, t, &pos, &mut out);
         }
         event_rules::check(self, ev, cred.as_ref(), &origin, t, &pos, &mut out);
-        Ok(out)
+        Ok((out, t))
     }
 
     /// The latest event time seen (seconds since the epoch).

@@ -269,17 +269,18 @@ async fn process_batch(
         match SequenceNumber::parse(seq) {
             Some(s) => {
                 // The checkpointable position moves past this record once its events settle.
-                shared
-                    .holds
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(shard_id.to_string())
-                    .or_default()
-                    .push_back(super::Hold {
-                        seq: s.clone(),
-                        max_time,
-                        wall: now,
-                    });
+                let hold = super::Hold {
+                    seq: s.clone(),
+                    max_time,
+                    wall: now,
+                };
+                let mut holds = shared.holds.lock().unwrap_or_else(|p| p.into_inner());
+                match holds.get_mut(shard_id) {
+                    Some(q) => q.push_back(hold),
+                    None => {
+                        holds.insert(shard_id.to_string(), [hold].into());
+                    }
+                }
                 last = Some(s);
             }
             None => {

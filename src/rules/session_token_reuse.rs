@@ -126,7 +126,6 @@ pub(crate) fn check(
             e,
             key,
             ev,
-            cred,
             origin,
             HomeTag::LambdaRuntime,
             None,
@@ -135,65 +134,25 @@ pub(crate) fn check(
             expires,
         );
         consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
+        let runtime_home =
+            |exp: i64| Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, exp, cred));
         let outcome = e.store.update(key, |cur| match cur {
-            Some(s) if s.tag() == HomeTag::LambdaRuntime || (s.expires as i64) < t => {
-                if (s.expires as i64) >= t && earlier(e, s, t, ev.event_id()) {
+            None => (runtime_home(expires), Outcome::Locked),
+            Some(s) if (s.expires as i64) < t => (runtime_home(expires), Outcome::Locked),
+            Some(s) if s.tag() == HomeTag::LambdaRuntime => {
+                if earlier(e, s, t, ev.event_id()) {
                     // An earlier runtime call: it is the home (the earliest runtime call).
-                    (
-                        Update::Replace(new_home(
-                            e,
-                            ev,
-                            HomeTag::LambdaRuntime,
-                            None,
-                            t,
-                            expires.max(s.expires as i64),
-                            cred,
-                        )),
-                        Outcome::Home,
-                    )
-                } else if (s.expires as i64) < t {
-                    (
-                        Update::Replace(new_home(
-                            e,
-                            ev,
-                            HomeTag::LambdaRuntime,
-                            None,
-                            t,
-                            expires,
-                            cred,
-                        )),
-                        Outcome::Locked,
-                    )
+                    (runtime_home(expires.max(s.expires as i64)), Outcome::Home)
                 } else {
                     (Update::Touch { expires }, Outcome::Home)
                 }
             }
             // An outside use came first: this runtime call shows it was a Lambda's credential.
             Some(s) => (
-                Update::Replace(new_home(
-                    e,
-                    ev,
-                    HomeTag::LambdaRuntime,
-                    None,
-                    t,
-                    expires.max(s.expires as i64),
-                    cred,
-                )),
+                runtime_home(expires.max(s.expires as i64)),
                 Outcome::Pair {
                     stored: e.store.evidence(s),
                 },
-            ),
-            None => (
-                Update::Replace(new_home(
-                    e,
-                    ev,
-                    HomeTag::LambdaRuntime,
-                    None,
-                    t,
-                    expires,
-                    cred,
-                )),
-                Outcome::Locked,
             ),
         });
         contend(e, key, ev, cred, origin, t, pos, outcome, expires);
@@ -214,7 +173,7 @@ pub(crate) fn check(
         return;
     }
     // A contested session keeps the earliest event from every origin until it is settled.
-    sight(e, key, ev, cred, origin, tag, Some(&value), t, pos, expires);
+    sight(e, key, ev, origin, tag, Some(&value), t, pos, expires);
     // The cheap question first (most calls credit nothing); the evidence text only when it does.
     let credited = |e: &Engine| {
         let (Some(instance), Some(a)) = (cred.instance_id.as_deref(), addr) else {
@@ -489,7 +448,6 @@ fn sight(
     e: &Engine,
     key: crate::engine::store::Key,
     ev: &CloudTrailEvent<'_>,
-    _cred: &Credential<'_>,
     origin: &Origin<'_>,
     tag: HomeTag,
     value: Option<&HomeValue>,

@@ -213,8 +213,8 @@ impl Pending {
 
 /// One origin's judgement.
 enum Verdict {
-    Explained(Explanation, String),
-    Restart(String),
+    /// Explained, with the counted exception (none for a restart) and the reason.
+    Explained(Option<Explanation>, String),
     Finding,
 }
 
@@ -245,14 +245,12 @@ impl Engine {
                 // decided, so a contest with one undecided sighting has nothing to judge. Not
                 // later than the home's time (the home skips credited sightings): a contest
                 // picked too early is harmless, `judge` checks every sighting again.
-                let mut undecided = c.sightings.iter().filter(|s| !c.decided.contains(&s.value));
-                let (Some(a), Some(_)) = (undecided.next(), undecided.next()) else {
+                let undecided = || c.sightings.iter().filter(|s| !c.decided.contains(&s.value));
+                if undecided().nth(1).is_none() {
                     return false;
-                };
+                }
                 let home_time = first_sighting(c).map_or(i64::MIN, |h| h.time);
-                std::iter::once(a)
-                    .chain(c.sightings.iter().filter(|s| !c.decided.contains(&s.value)))
-                    .any(|s| is_final(s, s.time.max(home_time)))
+                undecided().any(|s| is_final(s, s.time.max(home_time)))
             })
             .map(|c| *c.key())
             .collect();
@@ -396,17 +394,9 @@ impl Engine {
             match verdict {
                 Verdict::Explained(how, detail) => {
                     self.pending.stats.withdrawn.fetch_add(1, Relaxed);
-                    self.stats.explained(how);
-                    self.store.add_explained(
-                        key,
-                        s.evidence.origin.clone(),
-                        detail,
-                        s.time,
-                        s.expires,
-                    );
-                }
-                Verdict::Restart(detail) => {
-                    self.pending.stats.withdrawn.fetch_add(1, Relaxed);
+                    if let Some(how) = how {
+                        self.stats.explained(how);
+                    }
                     self.store.add_explained(
                         key,
                         s.evidence.origin.clone(),
@@ -444,7 +434,7 @@ impl Engine {
         if let Ok(addr) = s.evidence.origin.parse::<IpAddr>() {
             if let Some(call) = self.instances.credit_for(instance, addr, s.time) {
                 return Verdict::Explained(
-                    Explanation::InstanceAddress,
+                    Some(Explanation::InstanceAddress),
                     format!("{addr} was given to {instance} by {call}"),
                 );
             }
@@ -454,10 +444,13 @@ impl Engine {
         while let Some(r) = self.instances.reset_between(instance, after, s.time) {
             if !restarts_used.contains(&r) {
                 restarts_used.push(r);
-                return Verdict::Restart(format!(
-                    "{instance} was restarted at {} (StartInstances/RunInstances); first new origin since",
-                    format_time(r)
-                ));
+                return Verdict::Explained(
+                    None,
+                    format!(
+                        "{instance} was restarted at {} (StartInstances/RunInstances); first new origin since",
+                        format_time(r)
+                    ),
+                );
             }
             after = r;
         }

@@ -64,11 +64,18 @@ impl Watermarks {
     /// A record was read from `shard` at wall time `now`, its latest event at `event_time`.
     pub fn record(&self, shard: &str, event_time: Option<i64>, now: f64) {
         let mut g = self.lock();
-        let m = g.entry(shard.to_string()).or_insert(Mark {
-            max_time: None,
-            last_record: now,
-            remote_idle: None,
-        });
+        // Per record: no key copy when the shard is known (it is, from `start`).
+        if !g.contains_key(shard) {
+            g.insert(
+                shard.to_string(),
+                Mark {
+                    max_time: None,
+                    last_record: now,
+                    remote_idle: None,
+                },
+            );
+        }
+        let Some(m) = g.get_mut(shard) else { return };
         m.last_record = now;
         m.remote_idle = None;
         if let Some(t) = event_time {
