@@ -30,6 +30,79 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[[escalation]]`: where findings are delivered.
     pub escalation: Vec<crate::escalation::EscalationConfig>,
+    /// `[placement]`: AWS's published IP ranges, to place every public origin.
+    pub placement: PlacementConfig,
+    /// `[inventory]`: our own addresses, read from EC2 (off unless configured).
+    pub inventory: InventoryConfig,
+}
+
+/// `[placement]`: where AWS's `ip-ranges.json` comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlacementConfig {
+    /// A local copy of `ip-ranges.json` (read at start and re-read every `refresh_secs` when
+    /// it changed). Without it (and without `ip_ranges_url`), the snapshot built into the binary.
+    pub ip_ranges_file: Option<PathBuf>,
+    /// Fetched at start and every `refresh_secs` (`run` only), e.g.
+    /// `https://ip-ranges.amazonaws.com/ip-ranges.json`. A failed fetch keeps the ranges in use.
+    pub ip_ranges_url: Option<String>,
+    /// How often the file is re-read or the URL fetched.
+    pub refresh_secs: u64,
+    /// Ranges whose `createDate` is older than this are stale: warned about and exported.
+    pub max_age_days: u64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        PlacementConfig {
+            ip_ranges_file: None,
+            ip_ranges_url: None,
+            refresh_secs: 86_400,
+            max_age_days: 30,
+        }
+    }
+}
+
+/// `[inventory]`: the organisation's own addresses, from EC2's Describe calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// Read the running credentials' own account.
+    pub own_account: bool,
+    /// Roles to assume into the organisation's other accounts (one per account).
+    pub role_arns: Vec<String>,
+    /// `ExternalId` for those roles, when their trust policy requires one.
+    pub external_id: Option<String>,
+    /// Regions to read in every account. Empty: the inventory is off.
+    pub regions: Vec<String>,
+    /// How often every account and region is read again.
+    pub refresh_secs: u64,
+    /// Endpoint URL override for EC2 and STS (an emulator); unset in AWS.
+    pub endpoint_url: Option<String>,
+    /// Read the inventory from this JSON file (`credwatch inventory --format json`) instead of
+    /// EC2: for hunts offline, and for tests. Re-read every `refresh_secs` when it changed.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            own_account: true,
+            role_arns: Vec::new(),
+            external_id: None,
+            regions: Vec::new(),
+            refresh_secs: 900,
+            endpoint_url: None,
+            file: None,
+        }
+    }
+}
+
+impl InventoryConfig {
+    /// Whether an inventory is configured (at least one region, or a file).
+    pub fn enabled(&self) -> bool {
+        !self.regions.is_empty() || self.file.is_some()
+    }
 }
 
 /// `[detection]`: how sessions are tracked.
@@ -417,6 +490,48 @@ impl Config {
             ));
         }
         crate::escalation::validate(&self.escalation).map_err(ConfigError)?;
+        let p = &self.placement;
+        if p.refresh_secs < 60 {
+            return Err(ConfigError(
+                "placement.refresh_secs: must be at least 60".into(),
+            ));
+        }
+        if let Some(u) = &p.ip_ranges_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(ConfigError(format!(
+                    "placement.ip_ranges_url: {u:?} is not an http(s) URL"
+                )));
+            }
+        }
+        let inv = &self.inventory;
+        if inv.enabled() && inv.refresh_secs < 60 {
+            return Err(ConfigError(
+                "inventory.refresh_secs: must be at least 60".into(),
+            ));
+        }
+        for (i, arn) in inv.role_arns.iter().enumerate() {
+            let ok = arn.starts_with("arn:aws") && arn.contains(":iam::") && arn.contains(":role/");
+            if !ok {
+                return Err(ConfigError(format!(
+                    "inventory.role_arns[{i}]: {arn:?} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+                )));
+            }
+        }
+        for (i, r) in inv.regions.iter().enumerate() {
+            let ok = !r.is_empty()
+                && r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(ConfigError(format!(
+                    "inventory.regions[{i}]: {r:?} is not a region name (us-east-1)"
+                )));
+            }
+        }
+        if !inv.regions.is_empty() && !inv.own_account && inv.role_arns.is_empty() {
+            return Err(ConfigError(
+                "inventory.own_account: false with no inventory.role_arns leaves no account to read".into(),
+            ));
+        }
         let c = &self.coordination;
         if c.backend == Backend::Dynamodb {
             for (name, t) in [
