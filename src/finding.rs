@@ -76,6 +76,14 @@ pub struct EventEvidence {
     /// Where the event was read: `file:line/index` or `shard:sequence`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source: Option<String>,
+    /// Where the origin is, for this session: `outside_aws`, `aws` (AWS's ranges, not ours),
+    /// `ours` (the inventory: this workload's), `ours_other` (ours, another workload's),
+    /// `private`; absent for origins that are not addresses.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub place: Option<String>,
+    /// The place in words: `AWS EC2 us-east-1 (3.80.0.0/12)`, `ours: NAT gateway nat-… of vpc-…`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub place_detail: Option<String>,
 }
 
 /// An exception the rule considered, and why it did or did not apply.
@@ -120,6 +128,10 @@ pub struct Finding {
     /// the stream's event-time watermark passed it: says how far behind the stream was.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub released_early: Option<String>,
+    /// The origin judged suspicious: the second origin, or the first when the first is outside
+    /// AWS and the second is the workload's own.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub suspicious_origin: Option<String>,
     /// Wall-clock second the event that completed it reached credwatch (for the detection
     /// latency of findings that settled later; not written).
     #[serde(skip)]
@@ -194,6 +206,7 @@ pub(crate) fn test_finding(id: &str) -> Finding {
         event_time: "2024-01-01T00:00:00Z".into(),
         detected_at: "2024-01-01T00:00:00.000Z".into(),
         released_early: None,
+        suspicious_origin: None,
         arrived_at: None,
         claim: None,
     }

@@ -20,6 +20,9 @@
 //! | `credwatch_kinesis_shards_owned` | gauge | |
 //! | `credwatch_events_total` | counter | `origin_class` |
 //! | `credwatch_events_by_credential_total` | counter | `credential_class` |
+//! | `credwatch_events_by_place_total` | counter | `place` (outside_aws, aws, ours, private, not_an_address) |
+//! | `credwatch_issued_keys_tracked` | gauge | |
+//! | `credwatch_issuance_events_total` | counter | |
 //! | `credwatch_origins_explained_total` | counter | `exception` |
 //! | `credwatch_event_watermark_timestamp_seconds` | gauge | |
 //! | `credwatch_late_events_total` | counter | |
@@ -102,6 +105,9 @@ pub struct Metrics {
     sessions_expired: IntCounter,
     interned_strings: IntGauge,
     instances_tracked: IntGauge,
+    events_by_place: IntCounterVec,
+    issued_keys: IntGauge,
+    issuance_events: IntCounter,
     late_events: IntCounter,
     suppressed: IntCounter,
     // Settling (event-time watermark across shards).
@@ -286,6 +292,22 @@ impl Metrics {
                 "credwatch_events_by_credential_total",
                 "CloudTrail events processed, by credential class (untracked: no tracked credential)",
                 &["credential_class"],
+            ),
+            events_by_place: counter_vec(
+                &r,
+                "credwatch_events_by_place_total",
+                "CloudTrail events with an address origin, by place (outside_aws, aws, ours, private; not_an_address for the rest)",
+                &["place"],
+            ),
+            issued_keys: gauge(
+                &r,
+                "credwatch_issued_keys_tracked",
+                "Workload keys known from the AssumeRole that issued them",
+            ),
+            issuance_events: counter(
+                &r,
+                "credwatch_issuance_events_total",
+                "AssumeRole events by EC2, ECS or Lambda that issued a workload's credentials",
             ),
             explained: counter_vec(
                 &r,
@@ -495,6 +517,9 @@ impl Metrics {
         for e in Explanation::ALL {
             self.explained.with_label_values(&[e.as_str()]);
         }
+        for p in crate::engine::PlaceKind::ALL {
+            self.events_by_place.with_label_values(&[p.as_str()]);
+        }
         for r in crate::rules::RULES {
             self.findings
                 .with_label_values(&[r.id, r.severity.as_str()]);
@@ -577,6 +602,14 @@ impl Metrics {
                 s.explained[e as usize].load(Relaxed),
             );
         }
+        for p in crate::engine::PlaceKind::ALL {
+            bump(
+                &self.events_by_place.with_label_values(&[p.as_str()]),
+                s.by_place[p.index()].load(Relaxed),
+            );
+        }
+        self.issued_keys.set(engine.issuance.len() as i64);
+        bump(&self.issuance_events, engine.issuance.seen.load(Relaxed));
         bump(&self.sessions_expired, s.sessions_expired.load(Relaxed));
         bump(&self.late_events, s.late_events.load(Relaxed));
         let p = &engine.pending.stats;

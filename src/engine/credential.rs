@@ -98,6 +98,8 @@ pub struct Credential<'a> {
     pub role: Option<&'a str>,
     /// Whether the user agent carries a Lambda runtime marker.
     pub lambda_runtime: bool,
+    /// What the key's issuance said, when it was read ([`super::issuance`]).
+    pub issued: Option<super::issuance::Issued>,
 }
 
 /// Splits `arn:aws:sts::123:assumed-role/ROLE/SESSION` into (ROLE, SESSION).
@@ -138,6 +140,7 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Optio
             instance_id: None,
             role: None,
             lambda_runtime,
+            issued: None,
         });
     }
     if !key.starts_with("ASIA") {
@@ -176,6 +179,7 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Optio
                 instance_id: Some(instance),
                 role: Some(role),
                 lambda_runtime,
+                issued: None,
             });
         }
         let class = if lambda_runtime {
@@ -213,6 +217,7 @@ fn simple<'a>(
         instance_id: None,
         role: role_parts.map(|p| p.0),
         lambda_runtime,
+        issued: None,
     }
 }
 

@@ -74,6 +74,9 @@ pub struct InstanceBook {
     allocations: DashMap<String, AllocationState>,
     /// Entries dropped because the book was full.
     pub evicted: AtomicU64,
+    /// Elastic IP allocations the stream never named the address of are looked up here
+    /// (an allocation made before the data begins: `AssociateAddress` names no address).
+    inventory: std::sync::OnceLock<std::sync::Arc<crate::inventory::Inventory>>,
 }
 
 /// The book as data, for checkpoints.
@@ -298,6 +301,11 @@ impl InstanceBook {
         }
     }
 
+    /// Looks up allocations the stream did not name the address of in `inv`.
+    pub fn set_inventory(&self, inv: std::sync::Arc<crate::inventory::Inventory>) {
+        let _ = self.inventory.set(inv);
+    }
+
     fn reset(&self, instance: &str, t: i64) {
         let mut e = self.instances.entry(instance.to_string()).or_default();
         if let Err(at) = e.resets.binary_search(&t) {
@@ -317,7 +325,13 @@ impl InstanceBook {
         let Some(inst) = self.instances.get(instance) else {
             return;
         };
-        let alloc_ip = |id: &str| self.allocations.get(id).and_then(|a| a.ip);
+        let alloc_ip = |id: &str| {
+            self.allocations.get(id).and_then(|a| a.ip).or_else(|| {
+                self.inventory
+                    .get()
+                    .and_then(|inv| inv.snapshot().allocation(id))
+            })
+        };
         for g in inst.addrs.iter().filter(|g| g.time <= at) {
             f(g.what, g.time, &g.call);
         }

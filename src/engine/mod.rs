@@ -8,13 +8,16 @@
 pub mod credential;
 pub mod instances;
 pub mod intern;
+pub mod issuance;
 pub mod origin;
+pub mod place;
 pub mod store;
 
 use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -26,7 +29,11 @@ use crate::rules::{event_rules, session_token_reuse, RuleSet};
 
 use self::credential::CredentialClass;
 use self::instances::{InstanceBook, InstanceSnapshot};
-use self::origin::OriginClass;
+use self::issuance::{IssuanceBook, Issued};
+use self::origin::{Origin, OriginClass};
+use self::place::{Place, Workload};
+use crate::inventory::Inventory;
+use crate::placement::Placement;
 use self::store::{SessionStore, StoreSnapshot};
 
 /// Where an event was read, for evidence and set-aside records: `prefix#index`.
@@ -54,10 +61,11 @@ pub enum Explanation {
     AllowList,
     ConsoleRelay,
     LambdaRuntime,
+    Inventory,
 }
 
 impl Explanation {
-    pub const ALL: [Explanation; 7] = [
+    pub const ALL: [Explanation; 8] = [
         Explanation::AwsService,
         Explanation::AwsInternal,
         Explanation::OrgVpcEndpoint,
@@ -65,6 +73,7 @@ impl Explanation {
         Explanation::AllowList,
         Explanation::ConsoleRelay,
         Explanation::LambdaRuntime,
+        Explanation::Inventory,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +85,7 @@ impl Explanation {
             Explanation::AllowList => "allow_list",
             Explanation::ConsoleRelay => "console_relay",
             Explanation::LambdaRuntime => "lambda_runtime",
+            Explanation::Inventory => "inventory",
         }
     }
 }
@@ -109,7 +119,9 @@ pub struct EngineStats {
     pub by_credential: [AtomicU64; 8],
     /// Events with no tracked credential (IAM users, AWS services, console while off).
     pub untracked: AtomicU64,
-    pub explained: [AtomicU64; 7],
+    pub explained: [AtomicU64; 8],
+    /// Events with an address origin, by [`PlaceKind`] (no address as a label).
+    pub by_place: [AtomicU64; 5],
     pub sessions_expired: AtomicU64,
     /// Events older than their session's window: ignored for locking.
     pub late_events: AtomicU64,
@@ -146,6 +158,43 @@ pub struct EngineSnapshot {
     /// Contested sessions waiting to be settled.
     #[serde(default)]
     pub contests: Vec<(u64, crate::settle::Contest)>,
+    /// Keys known from their issuance.
+    #[serde(default)]
+    pub issued: Vec<(String, Issued)>,
+    /// Outside-AWS candidates waiting for a possible issuance.
+    #[serde(default)]
+    pub outside: Vec<crate::rules::workload_outside_aws::Candidate>,
+}
+
+/// Where an event's address origin is, for counting (the session's workload aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceKind {
+    OutsideAws,
+    Aws,
+    Ours,
+    Private,
+    /// Not an address: a service name, `AWS Internal`, an opaque value.
+    NotAnAddress,
+}
+
+impl PlaceKind {
+    pub const ALL: [PlaceKind; 5] = [
+        PlaceKind::OutsideAws,
+        PlaceKind::Aws,
+        PlaceKind::Ours,
+        PlaceKind::Private,
+        PlaceKind::NotAnAddress,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlaceKind::OutsideAws => "outside_aws",
+            PlaceKind::Aws => "aws",
+            PlaceKind::Ours => "ours",
+            PlaceKind::Private => "private",
+            PlaceKind::NotAnAddress => "not_an_address",
+        }
+    }
 }
 
 pub struct Engine {
@@ -153,6 +202,13 @@ pub struct Engine {
     pub(crate) rules: RuleSet,
     pub store: SessionStore,
     pub instances: InstanceBook,
+    /// Keys known from the `AssumeRole` that issued them.
+    pub issuance: IssuanceBook,
+    /// AWS's published ranges.
+    pub placement: Arc<Placement>,
+    /// Our own addresses (empty unless `[inventory]` is configured).
+    pub inventory: Arc<Inventory>,
+    inventory_on: AtomicBool,
     /// Sessions seen from two origins, held until they settle.
     pub pending: crate::settle::Pending,
     allow: Vec<Allow>,
@@ -186,6 +242,10 @@ impl Engine {
             cfg: cfg.clone(),
             store: SessionStore::default(),
             instances: InstanceBook::default(),
+            issuance: IssuanceBook::default(),
+            placement: Arc::new(Placement::new(crate::placement::IpRanges::bundled())),
+            inventory: Arc::new(Inventory::default()),
+            inventory_on: AtomicBool::new(false),
             pending: crate::settle::Pending::default(),
             watermark: AtomicI64::new(0),
             stats: EngineStats::default(),
@@ -197,6 +257,20 @@ impl Engine {
     /// Makes `a` the authority on first origins (several processes on one stream).
     pub fn with_authority(mut self, a: std::sync::Arc<dyn Authority>) -> Engine {
         self.authority = Some(a);
+        self
+    }
+
+    /// Places origins with these ranges (replaced on refresh by whoever holds the `Arc`).
+    pub fn with_placement(mut self, p: Arc<Placement>) -> Engine {
+        self.placement = p;
+        self
+    }
+
+    /// Knows our own addresses from this inventory (replaced on refresh by whoever holds it).
+    pub fn with_inventory(mut self, inv: Arc<Inventory>) -> Engine {
+        self.instances.set_inventory(inv.clone());
+        self.inventory = inv;
+        self.inventory_on.store(true, Relaxed);
         self
     }
 
@@ -218,7 +292,8 @@ impl Engine {
         let ev = CloudTrailEvent::parse(json)?;
         let (out, t) = self.process_timed(&ev, pos)?;
         if let Some(a) = &self.authority {
-            if instances::is_relevant(ev.event_name()) && ev.succeeded() {
+            let shared = instances::is_relevant(ev.event_name()) || issuance::is_candidate(&ev);
+            if shared && ev.succeeded() {
                 if let Err(e) = a.publish_control(json) {
                     self.stats.authority_errors.fetch_add(1, Relaxed);
                     tracing::warn!(error = %e, event = ev.event_id(), "could not share a control-plane event");
@@ -246,6 +321,7 @@ impl Engine {
             if let Ok(ev) = CloudTrailEvent::parse(json) {
                 if let Ok(t) = ev.time_secs() {
                     self.instances.observe(&ev, t);
+                    self.issuance.observe(&ev, t);
                 }
             }
         }
@@ -273,20 +349,192 @@ impl Engine {
         let origin = origin::classify(ev);
         self.stats.by_origin[origin.class().index()].fetch_add(1, Relaxed);
 
+        self.stats.by_place[self.place_kind(&origin).index()].fetch_add(1, Relaxed);
+
+        let mut out = Vec::new();
         if instances::is_relevant(ev.event_name()) {
             self.instances.observe(ev, t);
         }
-        let cred = credential::classify(ev, &self.cfg.detection);
+        if issuance::is_candidate(ev) {
+            if let Some((key, issued)) = self.issuance.observe(ev, t) {
+                session_token_reuse::issued(self, ev, &key, &issued, t, &pos);
+            }
+        }
+        let mut cred = credential::classify(ev, &self.cfg.detection);
+        if let Some(c) = cred.as_mut() {
+            if !self.issuance.is_empty() {
+                if let Some(i) = self.issuance.get(c.access_key_id) {
+                    let guessed = matches!(
+                        c.class,
+                        CredentialClass::AssumedRole
+                            | CredentialClass::Federated
+                            | CredentialClass::Lambda
+                            | CredentialClass::EcsTask
+                    );
+                    if guessed && i.class.class() != CredentialClass::Ec2Instance {
+                        c.class = i.class.class();
+                    }
+                    c.issued = Some(i);
+                }
+            }
+            // A Lambda runtime marker from outside AWS is not a home: Lambda runs in AWS, and
+            // a thief who copied the function's environment sends the marker too.
+            if c.lambda_runtime
+                && self
+                    .outside_aws(&origin, ev.account_id(), c.role, t)
+                    .is_some()
+            {
+                c.lambda_runtime = false;
+            }
+        }
         match &cred {
             Some(c) => self.stats.by_credential[c.class as usize].fetch_add(1, Relaxed),
             None => self.stats.untracked.fetch_add(1, Relaxed),
         };
-        let mut out = Vec::new();
         if let Some(c) = &cred {
             session_token_reuse::check(self, ev, c, &origin, t, &pos, &mut out);
+            crate::rules::workload_outside_aws::check(self, ev, c, &origin, t, &pos, &mut out);
         }
         event_rules::check(self, ev, cred.as_ref(), &origin, t, &pos, &mut out);
+        for f in &mut out {
+            self.fill_places(f);
+        }
         Ok((out, t))
+    }
+
+    /// Whether the inventory is configured.
+    pub fn inventory_on(&self) -> bool {
+        self.inventory_on.load(Relaxed)
+    }
+
+    /// The place of an address origin (for counting), without the session.
+    fn place_kind(&self, origin: &Origin<'_>) -> PlaceKind {
+        let addr = match origin {
+            Origin::PublicIp(a) | Origin::PrivateIp(a) => *a,
+            _ => return PlaceKind::NotAnAddress,
+        };
+        if self.inventory_on() && !self.inventory.snapshot().owners(addr).is_empty() {
+            return PlaceKind::Ours;
+        }
+        if matches!(origin, Origin::PrivateIp(_)) {
+            return PlaceKind::Private;
+        }
+        match self.placement.lookup(addr) {
+            Some(_) => PlaceKind::Aws,
+            None => PlaceKind::OutsideAws,
+        }
+    }
+
+    /// The place of `addr` for the session `who`.
+    pub fn place_of(&self, addr: IpAddr, who: Workload<'_>) -> Place {
+        let snap = self.inventory.snapshot();
+        let owners = if self.inventory_on() {
+            snap.owners(addr)
+        } else {
+            Vec::new()
+        };
+        let vpc = who
+            .instance
+            .and_then(|i| snap.instance(i))
+            .and_then(|(rec, _)| rec.vpc_id.as_deref());
+        place::place(addr, who, &owners, vpc, self.placement.lookup(addr))
+    }
+
+    /// The address of an origin outside AWS's ranges, not ours and not allowed, if it is one.
+    pub(crate) fn outside_aws(
+        &self,
+        origin: &Origin<'_>,
+        account: Option<&str>,
+        role: Option<&str>,
+        t: i64,
+    ) -> Option<IpAddr> {
+        let Origin::PublicIp(addr) = origin else {
+            return None;
+        };
+        if self.placement.lookup(*addr).is_some() {
+            return None;
+        }
+        if self.inventory_on() && !self.inventory.snapshot().owners(*addr).is_empty() {
+            return None;
+        }
+        if self.allow_check(Some(*addr), account, role, t).applied {
+            return None;
+        }
+        Some(*addr)
+    }
+
+    /// The ranges in use, in words, for evidence.
+    pub(crate) fn ranges_description(&self) -> String {
+        let r = self.placement.ranges();
+        format!("AWS's published ranges ({})", r.source())
+    }
+
+    /// Whether the inventory explains `addr` for the session `who`, for evidence.
+    pub(crate) fn inventory_check(&self, addr: IpAddr, who: Option<Workload<'_>>) -> ExceptionCheck {
+        let exception = Explanation::Inventory.as_str().to_string();
+        if !self.inventory_on() {
+            return ExceptionCheck {
+                exception,
+                applied: false,
+                detail: "no [inventory] configured".into(),
+            };
+        }
+        let snap = self.inventory.snapshot();
+        let place = self.place_of(addr, who.unwrap_or_default());
+        match place {
+            Place::Ours {
+                owner,
+                this_workload: true,
+            } => ExceptionCheck {
+                exception,
+                applied: true,
+                detail: format!("{addr} is {owner}"),
+            },
+            Place::Ours { owner, .. } => ExceptionCheck {
+                exception,
+                applied: false,
+                detail: format!(
+                    "{addr} is {owner}: ours, but not this workload's{}",
+                    who.and_then(|w| w.instance)
+                        .map(|i| format!(" ({i})"))
+                        .unwrap_or_default()
+                ),
+            },
+            _ => ExceptionCheck {
+                exception,
+                applied: false,
+                detail: format!(
+                    "{addr} is not in the inventory ({} resources in {} accounts)",
+                    snap.len(),
+                    snap.accounts().len()
+                ),
+            },
+        }
+    }
+
+    /// Fills the place of every address origin in a finding's evidence (for its session).
+    pub(crate) fn fill_places(&self, f: &mut Finding) {
+        let instance = f
+            .session
+            .as_deref()
+            .and_then(|s| s.rsplit('/').next())
+            .filter(|s| s.starts_with("i-"))
+            .map(str::to_string);
+        for ev in &mut f.events {
+            if ev.place.is_some() {
+                continue;
+            }
+            let Some(addr) = origin_addr(&ev.origin) else {
+                continue;
+            };
+            let who = Workload {
+                account: f.account_id.as_deref(),
+                instance: instance.as_deref(),
+            };
+            let p = self.place_of(addr, who);
+            ev.place = Some(p.kind().to_string());
+            ev.place_detail = Some(p.to_string());
+        }
     }
 
     /// The latest event time seen (seconds since the epoch).
@@ -313,6 +561,11 @@ impl Engine {
             now - self.cfg.detection.window_secs as i64,
             self.cfg.detection.max_book_entries,
         );
+        self.issuance.sweep(
+            now,
+            self.cfg.detection.max_session_secs.lambda as i64,
+            self.cfg.detection.max_book_entries,
+        );
         self.stats
             .sessions_expired
             .fetch_add(removed as u64, Relaxed);
@@ -329,6 +582,8 @@ impl Engine {
             store: self.store.snapshot(),
             instances: self.instances.snapshot(),
             contests: self.pending.snapshot(),
+            issued: self.issuance.snapshot(),
+            outside: self.pending.outside_snapshot(),
         }
     }
 
@@ -337,6 +592,8 @@ impl Engine {
         self.store.restore(&s.store);
         self.instances.restore(&s.instances);
         self.pending.restore(&s.contests);
+        self.issuance.restore(&s.issued);
+        self.pending.restore_outside(&s.outside);
     }
 
     /// Whether an account belongs to the organisation. With no `[organization]` configured, the
@@ -344,6 +601,9 @@ impl Engine {
     pub(crate) fn in_org(&self, account: Option<&str>, session_account: Option<&str>) -> bool {
         match account {
             None => false,
+            Some(a) if self.inventory_on() && self.inventory.snapshot().accounts().contains(a) => {
+                true
+            }
             Some(a) if self.org.is_empty() => Some(a) == session_account,
             Some(a) => self.org.contains(a),
         }
@@ -480,7 +740,40 @@ impl Engine {
         ]
     }
 
+    /// The inventory's record of a VPC endpoint, in words, when it is ours.
+    pub(crate) fn our_endpoint(&self, id: &str) -> Option<String> {
+        if !self.inventory_on() {
+            return None;
+        }
+        let snap = self.inventory.snapshot();
+        let (rec, at) = snap.endpoint(id)?;
+        Some(format!(
+            "VPC endpoint {id}{} in {} ({})",
+            rec.vpc_id
+                .as_deref()
+                .map(|v| format!(" of {v}"))
+                .unwrap_or_default(),
+            at.account,
+            at.region
+        ))
+    }
+
     pub(crate) fn class_max_secs(&self, class: CredentialClass) -> i64 {
         class.max_secs(&self.cfg.detection) as i64
     }
+}
+
+impl PlaceKind {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The address in an evidence origin: `1.2.3.4`, or `vpce-…@acct (10.0.0.5)`.
+fn origin_addr(origin: &str) -> Option<IpAddr> {
+    if let Ok(a) = origin.parse::<IpAddr>() {
+        return Some(a);
+    }
+    let inner = origin.rsplit_once(" (")?.1.strip_suffix(')')?;
+    inner.parse().ok()
 }

@@ -220,6 +220,7 @@ pub(crate) fn check(
                 .format("%Y-%m-%dT%H:%M:%S%.3fZ")
                 .to_string(),
             released_early: None,
+            suspicious_origin: None,
             arrived_at: None,
             claim: None,
         });

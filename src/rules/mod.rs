@@ -3,6 +3,7 @@
 
 pub mod event_rules;
 pub mod session_token_reuse;
+pub mod workload_outside_aws;
 
 use crate::config::Config;
 use crate::engine::origin::Origin;
@@ -21,6 +22,7 @@ pub struct RuleInfo {
 /// Every rule, in the order they are documented.
 pub const RULES: &[RuleInfo] = &[
     RuleInfo { id: "session_token_reuse", severity: Severity::High, description: "a temporary credential's session used from a second origin within its lifetime" },
+    RuleInfo { id: "workload_credentials_outside_aws", severity: Severity::High, description: "EC2 instance, ECS task or Lambda credentials used from an address outside AWS's published ranges, not in the inventory and not allowed (GuardDuty's InstanceCredentialExfiltration.OutsideAWS, for all three, in real time)" },
     RuleInfo { id: "foreign_vpc_endpoint", severity: Severity::High, description: "a temporary credential used through a VPC endpoint owned by an account outside the organisation" },
     RuleInfo { id: "workload_get_caller_identity", severity: Severity::Medium, description: "sts:GetCallerIdentity made with EC2, ECS or Lambda credentials (an attacker's first question)" },
     RuleInfo { id: "security_group_open_to_world", severity: Severity::Medium, description: "security-group ingress opened to a /0 range (IPv4 or IPv6)" },
@@ -41,6 +43,7 @@ pub const RULES: &[RuleInfo] = &[
 /// Every rule id, for config validation.
 pub const RULE_IDS: &[&str] = &[
     "session_token_reuse",
+    "workload_credentials_outside_aws",
     "foreign_vpc_endpoint",
     "workload_get_caller_identity",
     "security_group_open_to_world",
@@ -101,6 +104,8 @@ pub fn event_evidence(
         user_agent: ev.user_agent().to_string(),
         access_key_id: ev.access_key_id().map(str::to_string),
         source: Some(pos.to_string()),
+        place: None,
+        place_detail: None,
     }
 }
 

@@ -9,6 +9,8 @@
 //! Background: <https://netflixtechblog.com/netflix-cloud-security-detecting-credential-compromise-in-aws-9493d6fd373a>
 
 use crate::engine::credential::{Credential, CredentialClass};
+use crate::engine::issuance::{CredentialClassName, Issued};
+use crate::engine::place::Workload;
 use crate::engine::origin::Origin;
 use crate::engine::store::{
     home_of, key_of, key_of_parts, portable, HomeEvidence, HomeTag, HomeValue, NewHome, Session,
@@ -49,12 +51,17 @@ pub(crate) fn check(
 ) {
     let key = key_of(&cred.session_key);
     let class_max = e.class_max_secs(cred.class);
-    let expires = ev
-        .creation_date()
-        .and_then(parse_time)
-        .map(|c| c + class_max)
-        .unwrap_or(t + e.cfg.detection.window_secs as i64)
-        .max(t);
+    let keyed = cred.session_key == cred.access_key_id;
+    let expires = match cred.issued.as_ref().and_then(|i| i.expires) {
+        // The exact expiry of this key, for a session keyed by it.
+        Some(x) if keyed => x,
+        _ => ev
+            .creation_date()
+            .and_then(parse_time)
+            .map(|c| c + class_max)
+            .unwrap_or(t + e.cfg.detection.window_secs as i64),
+    }
+    .max(t);
     let session_account = ev.account_id();
 
     // Calls an AWS console back end relays for a console session.
@@ -68,7 +75,11 @@ pub(crate) fn check(
         Origin::Missing => return,
         Origin::VpcEndpoint { id, account, .. } => {
             let owner = account.or(ev.recipient_account_id.as_deref());
-            if e.in_org(owner, session_account) {
+            if let Some(ours) = e.our_endpoint(id) {
+                e.stats.explained(Explanation::Inventory);
+                e.store
+                    .add_explained(key, origin.to_string(), ours, t, expires);
+            } else if e.in_org(owner, session_account) {
                 e.stats.explained(Explanation::OrgVpcEndpoint);
                 e.store.add_explained(
                     key,
@@ -104,6 +115,7 @@ pub(crate) fn check(
                             key: finding_id(&[FOREIGN_VPCE, &cred.session_key, id]),
                             until: expires,
                         }),
+                        suspicious_origin: Some(origin.to_string()),
                         ..base(ev, cred, t)
                     });
                 } else {
@@ -122,40 +134,7 @@ pub(crate) fn check(
 
     if cred.lambda_runtime {
         e.stats.explained(Explanation::LambdaRuntime);
-        sight(
-            e,
-            key,
-            ev,
-            origin,
-            HomeTag::LambdaRuntime,
-            None,
-            t,
-            pos,
-            expires,
-        );
-        consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
-        let runtime_home =
-            |exp: i64| Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, exp, cred));
-        let outcome = e.store.update(key, |cur| match cur {
-            None => (runtime_home(expires), Outcome::Locked),
-            Some(s) if (s.expires as i64) < t => (runtime_home(expires), Outcome::Locked),
-            Some(s) if s.tag() == HomeTag::LambdaRuntime => {
-                if earlier(e, s, t, ev.event_id()) {
-                    // An earlier runtime call: it is the home (the earliest runtime call).
-                    (runtime_home(expires.max(s.expires as i64)), Outcome::Home)
-                } else {
-                    (Update::Touch { expires }, Outcome::Home)
-                }
-            }
-            // An outside use came first: this runtime call shows it was a Lambda's credential.
-            Some(s) => (
-                runtime_home(expires.max(s.expires as i64)),
-                Outcome::Pair {
-                    stored: e.store.evidence(s),
-                },
-            ),
-        });
-        contend(e, key, ev, cred, origin, t, pos, outcome, expires);
+        runtime_use(e, key, ev, cred, origin, t, pos, expires);
         return;
     }
 
@@ -172,6 +151,23 @@ pub(crate) fn check(
             .add_explained(key, origin.to_string(), allow.detail, t, expires);
         return;
     }
+    // An address the inventory says is this workload's: it takes the lock like any other
+    // (so that a thief's address is never the home unopposed), but two of the workload's own
+    // addresses are one home.
+    let who = Workload {
+        account: session_account,
+        instance: cred.instance_id.as_deref(),
+    };
+    let own = e.inventory_on()
+        && addr.is_some_and(|a| e.place_of(a, who).is_own());
+    let stored_own = |s: &Session| {
+        own && e
+            .store
+            .evidence(s)
+            .origin
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| e.place_of(a, who).is_own())
+    };
     // A contested session keeps the earliest event from every origin until it is settled.
     sight(e, key, ev, origin, tag, Some(&value), t, pos, expires);
     // The cheap question first (most calls credit nothing); the evidence text only when it does.
@@ -220,7 +216,7 @@ pub(crate) fn check(
                 },
             );
         }
-        if e.store.same_home(s, tag, &value) {
+        if e.store.same_home(s, tag, &value) || stored_own(s) {
             if earlier(e, s, t, ev.event_id()) {
                 // The same origin, earlier: it keeps the lock with the earlier event (of two at
                 // the same second, the one with the lower event id, as contests order them).
@@ -255,6 +251,93 @@ pub(crate) fn check(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     contend(e, key, ev, cred, origin, t, pos, outcome, expires);
+}
+
+/// A call from the Lambda runtime (or the issuance of a Lambda's key): the session's home is
+/// the runtime; a stored home from elsewhere is an outside use, and the pair is contested.
+#[allow(clippy::too_many_arguments)]
+fn runtime_use(
+    e: &Engine,
+    key: crate::engine::store::Key,
+    ev: &CloudTrailEvent<'_>,
+    cred: &Credential<'_>,
+    origin: &Origin<'_>,
+    t: i64,
+    pos: &Position<'_>,
+    expires: i64,
+) {
+        sight(
+            e,
+            key,
+            ev,
+            origin,
+            HomeTag::LambdaRuntime,
+            None,
+            t,
+            pos,
+            expires,
+        );
+        consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
+
+        let runtime_home =
+            |exp: i64| Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, exp, cred));
+        let outcome = e.store.update(key, |cur| match cur {
+            None => (runtime_home(expires), Outcome::Locked),
+            Some(s) if (s.expires as i64) < t => (runtime_home(expires), Outcome::Locked),
+            Some(s) if s.tag() == HomeTag::LambdaRuntime => {
+                if earlier(e, s, t, ev.event_id()) {
+                    // An earlier runtime call: it is the home (the earliest runtime call).
+                    (runtime_home(expires.max(s.expires as i64)), Outcome::Home)
+                } else {
+                    (Update::Touch { expires }, Outcome::Home)
+                }
+            }
+            // An outside use came first: this runtime call shows it was a Lambda's credential.
+            Some(s) => (
+                runtime_home(expires.max(s.expires as i64)),
+                Outcome::Pair {
+                    stored: e.store.evidence(s),
+                },
+            ),
+        });
+        contend(e, key, ev, cred, origin, t, pos, outcome, expires);
+}
+
+/// An issuance read from the stream: a Lambda's key is at home in the runtime from the moment
+/// it was issued, so any use outside the runtime (before or after the function's own first
+/// call) is the second origin. Other workloads' issuances only classify their keys.
+pub(crate) fn issued(
+    e: &Engine,
+    ev: &CloudTrailEvent<'_>,
+    key: &str,
+    issued: &Issued,
+    t: i64,
+    pos: &Position<'_>,
+) {
+    if issued.class != CredentialClassName::Lambda || e.rules.get(RULE).is_none() {
+        return;
+    }
+    let role = issued
+        .role_arn
+        .as_deref()
+        .and_then(|a| a.rsplit_once(":role/"))
+        .map(|(_, r)| r.rsplit('/').next().unwrap_or(r));
+    let cred = Credential {
+        access_key_id: key,
+        class: CredentialClass::Lambda,
+        session_key: key.to_string(),
+        session_display: key.to_string(),
+        instance_id: None,
+        role,
+        lambda_runtime: true,
+        issued: Some(issued.clone()),
+    };
+    let expires = issued
+        .expires
+        .unwrap_or(t + e.class_max_secs(CredentialClass::Lambda))
+        .max(t);
+    let origin = crate::engine::origin::classify(ev);
+    runtime_use(e, key_of(key), ev, &cred, &origin, t, pos, expires);
 }
 
 /// With a shared store: when this event would start a session or give it a second origin,
@@ -386,6 +469,7 @@ fn base(ev: &CloudTrailEvent<'_>, cred: &Credential<'_>, t: i64) -> Finding {
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string(),
         released_early: None,
+        suspicious_origin: None,
         arrived_at: None,
         claim: None,
     }

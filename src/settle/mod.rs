@@ -33,7 +33,9 @@ use crate::engine::store::{key_of_parts, value_of, HomeEvidence, HomeTag, Key, M
 use crate::engine::{Engine, Explanation};
 use crate::event::format_time;
 use crate::finding::{finding_id, Claim, EventEvidence, ExceptionCheck, Finding, Severity};
+use crate::engine::place::{Place, Workload};
 use crate::rules::session_token_reuse::{value_text, RULE};
+use crate::rules::workload_outside_aws::{self, Candidate};
 
 /// The most origins remembered per contested session.
 pub const MAX_SIGHTINGS: usize = 32;
@@ -105,6 +107,8 @@ pub struct SettleStats {
 #[derive(Default)]
 pub struct Pending {
     contests: Map<Contest>,
+    /// Outside-AWS uses of assumed-role keys, waiting for a possible issuance.
+    outside: Map<Candidate>,
     /// The last watermark candidates were settled against (event time, seconds).
     settled_at: AtomicI64,
     pub stats: SettleStats,
@@ -133,12 +137,44 @@ impl Pending {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.contests.is_empty()
+        self.contests.is_empty() && self.outside.is_empty()
     }
 
-    /// Sightings still waiting for the watermark.
+    /// Holds an outside-AWS use of a key whose issuance may still arrive (the earliest event
+    /// per key and address).
+    pub fn hold_outside(&self, c: Candidate) {
+        let key = key_of_parts(&[c.access_key_id.as_bytes(), c.addr.to_string().as_bytes()]);
+        self.outside
+            .entry(key)
+            .and_modify(|cur| {
+                if (c.time, &c.evidence.event_id) < (cur.time, &cur.evidence.event_id) {
+                    let arrived = cur.arrived.min(c.arrived);
+                    *cur = Candidate {
+                        arrived,
+                        ..c.clone()
+                    };
+                }
+            })
+            .or_insert_with(|| c.clone());
+    }
+
+    pub fn outside_snapshot(&self) -> Vec<Candidate> {
+        let mut v: Vec<Candidate> = self.outside.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| (a.time, &a.evidence.event_id).cmp(&(b.time, &b.evidence.event_id)));
+        v
+    }
+
+    pub fn restore_outside(&self, v: &[Candidate]) {
+        for c in v {
+            self.hold_outside(c.clone());
+        }
+    }
+
+    /// Sightings still waiting for the watermark (and held outside-AWS uses).
     pub fn waiting(&self) -> usize {
-        self.contests
+        self.outside.len()
+            + self
+            .contests
             .iter()
             .map(|c| {
                 c.sightings
@@ -147,7 +183,7 @@ impl Pending {
                     .count()
                     .saturating_sub(1)
             })
-            .sum()
+            .sum::<usize>()
     }
 
     pub fn is_contested(&self, key: Key) -> bool {
@@ -235,6 +271,7 @@ impl Engine {
                 || at.watermark >= later.saturating_add(lateness)
                 || at.now.is_some_and(|now| now - s.arrived >= max_hold)
         };
+        let mut out = self.settle_outside(at, lateness, max_hold);
         // Keys first: no map lock is held while judging (the judge reads the other maps, and
         // with several workers, the shared control-plane log).
         let ready: Vec<Key> = pending
@@ -255,12 +292,11 @@ impl Engine {
             .map(|c| *c.key())
             .collect();
         if ready.is_empty() {
-            return vec![];
+            return out;
         }
         if self.authority.is_some() && self.sync_control() > 0 {
             tracing::debug!("read shared control-plane events before settling");
         }
-        let mut out = Vec::new();
         for key in ready {
             self.refresh_home(key);
             let Some(mut c) = pending.contests.get(&key).map(|c| c.clone()) else {
@@ -276,6 +312,41 @@ impl Engine {
                         }
                     }
                 }
+            }
+        }
+        out
+    }
+
+    /// Judges the held outside-AWS uses whose issuance, if any, has surely arrived: a key
+    /// issued to a workload gives a finding; any other was an ordinary assumed role's.
+    fn settle_outside(&self, at: SettleAt, lateness: i64, max_hold: i64) -> Vec<Finding> {
+        if self.pending.outside.is_empty() {
+            return vec![];
+        }
+        let ready: Vec<Key> = self
+            .pending
+            .outside
+            .iter()
+            .filter(|c| {
+                at.watermark == i64::MAX
+                    || at.watermark >= c.time.saturating_add(lateness)
+                    || at.now.is_some_and(|now| now - c.arrived >= max_hold)
+            })
+            .map(|c| *c.key())
+            .collect();
+        let mut out = Vec::new();
+        for key in ready {
+            let Some((_, c)) = self.pending.outside.remove(&key) else {
+                continue;
+            };
+            let Some(issued) = self.issuance.get(&c.access_key_id) else {
+                continue;
+            };
+            if let Some(mut f) =
+                workload_outside_aws::finding(self, &c, issued.class.class(), Some(&issued), false)
+            {
+                self.fill_places(&mut f);
+                out.push(f);
             }
         }
         out
@@ -428,6 +499,12 @@ impl Engine {
         s: &Sighting,
         restarts_used: &mut Vec<i64>,
     ) -> Verdict {
+        if let Some(owner) = self.own_owner(c, s) {
+            return Verdict::Explained(
+                Some(Explanation::Inventory),
+                format!("{} is {owner}", s.evidence.origin),
+            );
+        }
         let Some(instance) = c.instance_id.as_deref() else {
             return Verdict::Finding;
         };
@@ -488,6 +565,23 @@ impl Engine {
         }
         let mut checks = Vec::new();
         let outside_class = OriginClass::parse(&s.evidence.origin_kind);
+        let s_place = self.place_of_sighting(c, s);
+        let h_place = self.place_of_sighting(c, home);
+        let in_words = |p: &Option<Place>| p.as_ref().map(|p| format!(" ({p})")).unwrap_or_default();
+        // The home by event time is itself outside AWS, and the other origin is in AWS: the
+        // first origin is the suspicious one (the thief called first).
+        let first_suspicious = !lambda
+            && home.time <= s.time
+            && h_place.as_ref().is_some_and(Place::is_outside_aws)
+            && s_place
+                .as_ref()
+                .is_some_and(|p| matches!(p, Place::Aws(_) | Place::Ours { .. }));
+        let mut sev = sev;
+        let suspicious = if first_suspicious {
+            home.evidence.origin.clone()
+        } else {
+            outside.clone()
+        };
         let title = if lambda {
             let markers = self.cfg.detection.lambda_user_agent_markers.join(", ");
             checks.push(ExceptionCheck {
@@ -501,11 +595,53 @@ impl Engine {
                 "Lambda credentials of {} used outside the Lambda runtime, from {outside}",
                 c.session_display
             )
-        } else {
+        } else if first_suspicious {
             format!(
-                "{} used from a second origin {} (home {} since {})",
-                c.session_display, outside, home.evidence.origin, home.evidence.event_time
+                "{} first seen from {} outside AWS, then from {}{}: the first origin is the suspicious one",
+                c.session_display, home.evidence.origin, outside, in_words(&s_place)
             )
+        } else if s.time < home.time {
+            format!(
+                "{} used from {}{} before its own origin {}{}",
+                c.session_display,
+                outside,
+                in_words(&s_place),
+                home.evidence.origin,
+                in_words(&h_place)
+            )
+        } else {
+            let since = format!(
+                "home {} since {}",
+                home.evidence.origin, home.evidence.event_time
+            );
+            match &s_place {
+                Some(Place::OutsideAws) => format!(
+                    "{} used from outside AWS, from {outside} ({since})",
+                    c.session_display
+                ),
+                Some(Place::Aws(r)) => format!(
+                    "{} used from {outside} in AWS ({} {}), {} ({since})",
+                    c.session_display,
+                    r.service,
+                    r.region,
+                    if self.inventory_on() {
+                        "not ours: another account's"
+                    } else {
+                        "not known as ours"
+                    }
+                ),
+                Some(Place::Ours { owner, .. }) => {
+                    sev = sev.lowered();
+                    format!(
+                        "{} used from {outside}, ours but another workload's ({owner}): a pivot within the organisation ({since})",
+                        c.session_display
+                    )
+                }
+                _ => format!(
+                    "{} used from a second origin {} ({since})",
+                    c.session_display, outside
+                ),
+            }
         };
         // A session with a Lambda runtime home is a Lambda's, whichever event opened the contest.
         let class = if lambda {
@@ -519,6 +655,9 @@ impl Engine {
         }
         checks.push(self.credit_check(c.instance_id.as_deref(), class, addr, s.time));
         checks.push(self.allow_check(addr, c.account_id.as_deref(), c.role.as_deref(), s.time));
+        if let Some(a) = addr {
+            checks.push(self.inventory_check(a, Some(self.workload_of(c))));
+        }
         if let Some(instance) = c.instance_id.as_deref() {
             let detail = match self.instances.reset_before(instance, s.time) {
                 Some(r) => format!(
@@ -568,7 +707,7 @@ impl Engine {
         let mut e2 = second.evidence.clone();
         e2.role = "second".into();
         let error_code = s.error_code.clone();
-        Some(Finding {
+        let mut f = Finding {
             id: finding_id(&[RULE, &c.session_key, outside, &home.time.to_string()]),
             rule: RULE.into(),
             severity: sev,
@@ -588,12 +727,15 @@ impl Engine {
                 .format("%Y-%m-%dT%H:%M:%S%.3fZ")
                 .to_string(),
             released_early,
+            suspicious_origin: Some(suspicious),
             arrived_at: Some(first.arrived.max(second.arrived)),
             claim: Some(Claim {
                 key: finding_id(&[RULE, &c.session_key, outside]),
                 until: expires,
             }),
-        })
+        };
+        self.fill_places(&mut f);
+        Some(f)
     }
 }
 
@@ -618,7 +760,41 @@ impl Engine {
             .iter()
             .filter(|s| s.tag == HomeTag::LambdaRuntime)
             .min_by(order)
+            .or_else(|| {
+                c.sightings
+                    .iter()
+                    .filter(|s| self.own_owner(c, s).is_some())
+                    .min_by(order)
+            })
             .or_else(|| c.sightings.iter().filter(|s| !credited(s)).min_by(order))
+    }
+
+    /// The session a contest is of, for placing its origins.
+    fn workload_of<'c>(&self, c: &'c Contest) -> Workload<'c> {
+        Workload {
+            account: c.account_id.as_deref(),
+            instance: c.instance_id.as_deref(),
+        }
+    }
+
+    /// The place of a sighting's origin, when it is an address.
+    fn place_of_sighting(&self, c: &Contest, s: &Sighting) -> Option<Place> {
+        let addr = s.evidence.origin.parse::<IpAddr>().ok()?;
+        Some(self.place_of(addr, self.workload_of(c)))
+    }
+
+    /// The inventory's resource when a sighting's address is this workload's own.
+    fn own_owner(&self, c: &Contest, s: &Sighting) -> Option<String> {
+        if !self.inventory_on() {
+            return None;
+        }
+        match self.place_of_sighting(c, s)? {
+            Place::Ours {
+                owner,
+                this_workload: true,
+            } => Some(owner),
+            _ => None,
+        }
     }
 }
 
@@ -661,6 +837,8 @@ pub fn sighting_of_home(
                 .clone()
                 .or_else(|| keyed_by_access_key.map(str::to_string)),
             source: None,
+            place: None,
+            place_detail: None,
         },
         error_code: h.error_code.clone(),
         arrived,

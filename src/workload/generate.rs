@@ -83,6 +83,67 @@ pub struct GenerateArgs {
     /// Replace an existing workload (`DIR/AWSLogs`) in the folder.
     #[arg(long)]
     pub force: bool,
+    /// Take the organisation's networks from an inventory (`credwatch inventory --format
+    /// json`): each workload account's VPC IPv6 block and VPC endpoint, and the network
+    /// account's shared endpoint, are the inventory's (the same seed otherwise gives the
+    /// same workload). For testing the inventory against a generated workload.
+    #[arg(long, env = "CREDWATCH_GENERATE_NETWORK_FROM")]
+    pub network_from: Option<PathBuf>,
+}
+
+/// The organisation's networks, when they come from an inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// Per workload account: the VPC's IPv6 block (at most /56).
+    pub ipv6_nets: Vec<String>,
+    /// Per workload account: a VPC endpoint of its own.
+    pub own_vpce: Vec<String>,
+    /// The network account's shared endpoint.
+    pub shared_vpce: String,
+}
+
+impl Network {
+    /// Reads the networks of [`ORGANIZATION`]'s accounts from an inventory file.
+    pub fn from_inventory(path: &Path) -> Result<Network, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let inv: crate::inventory::InventorySnapshot =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        fn parts<'i>(
+            inv: &'i crate::inventory::InventorySnapshot,
+            acct: &'i str,
+        ) -> impl Iterator<Item = &'i crate::inventory::AccountRegion> {
+            inv.parts.iter().filter(move |p| p.account == acct)
+        }
+        let endpoint = |acct: &str| {
+            parts(&inv, acct)
+                .flat_map(|p| p.endpoints.iter())
+                .map(|e| e.id.clone())
+                .next()
+                .ok_or_else(|| format!("{}: no VPC endpoint in account {acct}", path.display()))
+        };
+        let mut ipv6_nets = Vec::new();
+        let mut own_vpce = Vec::new();
+        for acct in &ORGANIZATION[..WORKLOAD_ACCOUNTS] {
+            let net = parts(&inv, acct)
+                .flat_map(|p| p.vpcs.iter())
+                .flat_map(|v| v.ipv6_cidrs.iter())
+                .find(|n| n.prefix_len() <= 56 && n.addr().is_ipv6())
+                .ok_or_else(|| {
+                    format!(
+                        "{}: no VPC with an IPv6 block of /56 or wider in account {acct}",
+                        path.display()
+                    )
+                })?;
+            ipv6_nets.push(net.trunc().to_string());
+            own_vpce.push(endpoint(acct)?);
+        }
+        Ok(Network {
+            ipv6_nets,
+            own_vpce,
+            shared_vpce: endpoint(ORGANIZATION[NETWORK_ACCOUNT])?,
+        })
+    }
 }
 
 /// Options of [`generate`].
@@ -96,6 +157,8 @@ pub struct GenerateOptions {
     pub hours: u32,
     pub region: String,
     pub force: bool,
+    /// The organisation's networks from an inventory, instead of generated ones.
+    pub network: Option<Network>,
 }
 
 impl GenerateOptions {
@@ -109,6 +172,7 @@ impl GenerateOptions {
             hours: 4,
             region: "us-east-1".into(),
             force: false,
+            network: None,
         }
     }
 }
@@ -129,6 +193,14 @@ pub fn cli(args: GenerateArgs) -> i32 {
         eprintln!("credwatch: --start {:?} is not RFC 3339", args.start);
         return EXIT_ERROR;
     };
+    let network = match args.network_from.as_deref().map(Network::from_inventory) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            eprintln!("credwatch: --network-from {e}");
+            return EXIT_ERROR;
+        }
+    };
     let opts = GenerateOptions {
         out: args.out,
         seed: args.seed,
@@ -137,6 +209,7 @@ pub fn cli(args: GenerateArgs) -> i32 {
         hours: args.hours,
         region: args.region,
         force: args.force,
+        network,
     };
     match generate(&opts) {
         Ok(r) => {
@@ -423,6 +496,7 @@ struct Gen {
     used_ips: HashSet<String>,
     /// First event id of each planned attack, by index.
     attack_ids: Vec<Option<String>>,
+    network: Option<Network>,
 }
 
 const INSTANCE_ROLES: [&str; 5] = [
@@ -499,6 +573,7 @@ impl Gen {
             out: Vec::new(),
             used_ips: HashSet::new(),
             attack_ids: Vec::new(),
+            network: opts.network.clone(),
         }
     }
 
@@ -573,7 +648,7 @@ impl Gen {
                 (key, self.ip(&OFFICE_POOL))
             })
             .collect();
-        let ipv6_nets: Vec<String> = (0..WORKLOAD_ACCOUNTS)
+        let mut ipv6_nets: Vec<String> = (0..WORKLOAD_ACCOUNTS)
             .map(|_| {
                 let a = self.rng.below(0x10000) as u16;
                 let b = (self.rng.below(0x100) as u16) << 8;
@@ -581,10 +656,16 @@ impl Gen {
             })
             .collect();
         // Shared VPC endpoints in the network account, and one per workload account.
-        let shared_vpce = format!("vpce-0{}", self.rng.hex(16));
-        let own_vpce: Vec<String> = (0..WORKLOAD_ACCOUNTS)
+        let mut shared_vpce = format!("vpce-0{}", self.rng.hex(16));
+        let mut own_vpce: Vec<String> = (0..WORKLOAD_ACCOUNTS)
             .map(|_| format!("vpce-0{}", self.rng.hex(16)))
             .collect();
+        // The same draws either way, so the rest of the workload is the seed's.
+        if let Some(n) = &self.network {
+            ipv6_nets = n.ipv6_nets.clone();
+            own_vpce = n.own_vpce.clone();
+            shared_vpce = n.shared_vpce.clone();
+        }
 
         // Instance modes: attack victims and hosts first, one of each special mode, then a mix.
         let n_inst = (n / 120).max(24);

@@ -32,7 +32,11 @@ use super::truth::{AttackKind, BenignKind, Truth};
 use super::{parse_ms, EXIT_ERROR, EXIT_OK};
 
 /// The rules whose findings are detections of the truth's attacks.
-pub const DETECTION_RULES: [&str; 2] = ["session_token_reuse", "foreign_vpc_endpoint"];
+pub const DETECTION_RULES: [&str; 3] = [
+    "session_token_reuse",
+    "workload_credentials_outside_aws",
+    "foreign_vpc_endpoint",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct ScoreArgs {

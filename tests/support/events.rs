@@ -83,6 +83,25 @@ impl Ev {
         }))
     }
 
+    /// The `AssumeRole` by which `service` (`ec2.amazonaws.com`, `ecs-tasks.amazonaws.com`,
+    /// `lambda.amazonaws.com`) issued `key` to the workload `session`, valid until `expires`.
+    pub fn issuance(service: &str, role: &str, session: &str, key: &str, t: i64, expires: i64) -> Ev {
+        Ev::base("AssumeRole", "sts.amazonaws.com", t, service)
+            .ua(service)
+            .identity(json!({"type": "AWSService", "invokedBy": service}))
+            .set(
+                "requestParameters",
+                json!({"roleArn": format!("arn:aws:iam::{ACCT}:role/{role}"), "roleSessionName": session}),
+            )
+            .set(
+                "responseElements",
+                json!({
+                    "credentials": {"accessKeyId": key, "sessionToken": "redacted", "expiration": time(expires)},
+                    "assumedRoleUser": {"arn": format!("arn:aws:sts::{ACCT}:assumed-role/{role}/{session}")}
+                }),
+            )
+    }
+
     pub fn associate_ip(ip: &str, instance: &str, t: i64) -> Ev {
         Ev::base("AssociateAddress", "ec2.amazonaws.com", t, "198.51.100.7").set(
             "requestParameters",
