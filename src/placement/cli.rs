@@ -55,7 +55,10 @@ pub fn run(args: &PlaceArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let created = ranges
         .create_date()
         .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map_or_else(|| "-".to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        .map_or_else(
+            || "-".to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        );
     let token = match ranges.sync_token() {
         "" => "-",
         t => t,
@@ -99,7 +102,8 @@ fn load(args: &PlaceArgs) -> Result<std::sync::Arc<IpRanges>, RangesError> {
     if let Some(path) = &args.ip_ranges {
         return IpRanges::from_file(path).map(std::sync::Arc::new);
     }
-    let cfg = Config::load(args.config.as_deref()).map_err(|e| RangesError(format!("config: {e}")))?;
+    let cfg =
+        Config::load(args.config.as_deref()).map_err(|e| RangesError(format!("config: {e}")))?;
     match &cfg.placement.ip_ranges_file {
         Some(path) => IpRanges::from_file(path).map(std::sync::Arc::new),
         None => Ok(IpRanges::bundled()),

@@ -369,7 +369,10 @@ pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<IpRanges, Rang
     if !status.is_success() {
         return Err(err(format!("GET answered HTTP {status}")));
     }
-    if resp.content_length().is_some_and(|n| n > MAX_FILE_BYTES as u64) {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_FILE_BYTES as u64)
+    {
         return Err(err(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     let mut body = Vec::new();
@@ -437,7 +440,14 @@ mod tests {
     #[test]
     fn private_addresses_are_private_whatever_the_ranges_say() {
         let p = Placement::new(Arc::new(IpRanges::default()));
-        for a in ["10.1.2.3", "192.168.0.1", "100.64.0.1", "127.0.0.1", "fd00::1", "::ffff:172.16.0.1"] {
+        for a in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "fd00::1",
+            "::ffff:172.16.0.1",
+        ] {
             assert_eq!(p.place(a.parse().unwrap()), Place::Private, "{a}");
         }
         assert_eq!(p.place("8.8.8.8".parse().unwrap()), Place::OutsideAws);
@@ -474,6 +484,9 @@ mod tests {
             ..PlacementConfig::default()
         };
         let e = Placement::from_config(&cfg).unwrap_err().0;
-        assert!(e.starts_with("/nonexistent/ip-ranges.json: cannot read:"), "{e}");
+        assert!(
+            e.starts_with("/nonexistent/ip-ranges.json: cannot read:"),
+            "{e}"
+        );
     }
 }

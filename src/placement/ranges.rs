@@ -137,7 +137,10 @@ impl IpRanges {
         names.shrink_to_fit();
         Ok(IpRanges {
             source: source.to_owned(),
-            sync_token: raw.sync_token.map(SyncToken::into_string).unwrap_or_default(),
+            sync_token: raw
+                .sync_token
+                .map(SyncToken::into_string)
+                .unwrap_or_default(),
             create_date,
             entries: (raw.prefixes.len(), raw.ipv6_prefixes.len()),
             v4: Table::build(v4, &names),
@@ -149,8 +152,8 @@ impl IpRanges {
     /// Reads and parses a file (`ip-ranges.json`, or the same gzip'd).
     pub fn from_file(path: &Path) -> Result<IpRanges, RangesError> {
         let source = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| RangesError(format!("{source}: cannot read: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| RangesError(format!("{source}: cannot read: {e}")))?;
         Self::parse_maybe_gzip(&bytes, &source)
     }
 
@@ -442,9 +445,7 @@ impl<N: Family> Table<N> {
             let (sa, sb) = (a.net.bounds().0, b.net.bounds().0);
             sa.cmp(&sb)
                 .then(a.net.bits().cmp(&b.net.bits()))
-                .then_with(|| {
-                    service_order(names[a.service as usize], names[b.service as usize])
-                })
+                .then_with(|| service_order(names[a.service as usize], names[b.service as usize]))
                 .then_with(|| names[a.region as usize].cmp(names[b.region as usize]))
         });
         entries.dedup_by(|later, kept| later.net == kept.net);
@@ -511,9 +512,9 @@ fn push<A: PartialEq>(starts: &mut Vec<A>, slots: &mut Vec<u32>, start: A, slot:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+    use std::net::Ipv4Addr;
 
     fn file(v4: &[(&str, &str, &str)], v6: &[(&str, &str, &str)]) -> String {
         let one = |key: &str, (p, s, r): &(&str, &str, &str)| {
@@ -601,7 +602,11 @@ mod tests {
             ],
             &[
                 ("::/0", "AMAZON", "GLOBAL"),
-                ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "EC2", "GLOBAL"),
+                (
+                    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+                    "EC2",
+                    "GLOBAL",
+                ),
             ],
         );
         assert_eq!(at(&r, "0.0.0.0").unwrap().1, "S3");
@@ -635,7 +640,8 @@ mod tests {
             let mut v4: Vec<(String, &str, &str)> = Vec::new();
             for _ in 0..rng.random_range(1..40) {
                 // Few distinct top bits so that prefixes nest and repeat.
-                let base: u32 = (rng.random_range(0..8u32) << 28) | (rng.random_range(0..16u32) << 20);
+                let base: u32 =
+                    (rng.random_range(0..8u32) << 28) | (rng.random_range(0..16u32) << 20);
                 let len = rng.random_range(1..=24u8);
                 let net = Ipv4Net::new(base.into(), len).unwrap().trunc();
                 let s = services[rng.random_range(0..services.len())];
@@ -672,7 +678,10 @@ mod tests {
         // 2026-08-22T15:17:05Z
         assert_eq!(r.create_date(), Some(1_787_411_825));
         assert_eq!(r.sync_token(), "1787411825");
-        assert_eq!(parse_create_date("2026-08-22-15-17-05"), Some(1_787_411_825));
+        assert_eq!(
+            parse_create_date("2026-08-22-15-17-05"),
+            Some(1_787_411_825)
+        );
         assert_eq!(parse_create_date("2026-08-22T15:17:05Z"), None);
     }
 
@@ -697,9 +706,12 @@ mod tests {
         assert_eq!(e(""), "x/ip.json: the file is empty");
         assert_eq!(e(" \n"), "x/ip.json: the file is empty");
         let m = e("{\"prefixes\": [\n{\"ip_prefix\": }]}");
-        assert!(m.starts_with("x/ip.json: not a valid ip-ranges.json:"), "{m}");
+        assert!(
+            m.starts_with("x/ip.json: not a valid ip-ranges.json:"),
+            "{m}"
+        );
         assert!(m.contains("line 2 column"), "{m}");
-        let m = e("[]");
+        let m = e("42");
         assert!(m.contains("expected an ip-ranges.json object"), "{m}");
         let m = e(r#"{"syncToken":"1","prefixes":[],"ipv6_prefixes":[]}"#);
         assert!(m.starts_with("x/ip.json: no prefixes"), "{m}");
@@ -716,7 +728,9 @@ mod tests {
         );
         let m = e(&file(&[("3.0.0.0/8", "", "r")], &[]));
         assert!(m.contains("prefixes[0]: service \"\" is empty"), "{m}");
-        let m = e(r#"{"createDate":"yesterday","prefixes":[{"ip_prefix":"3.0.0.0/8","region":"r","service":"S"}]}"#);
+        let m = e(
+            r#"{"createDate":"yesterday","prefixes":[{"ip_prefix":"3.0.0.0/8","region":"r","service":"S"}]}"#,
+        );
         assert!(m.contains(r#"createDate "yesterday" is not"#), "{m}");
         let m = e(r#"{"prefixes":[{"ip_prefix":"3.0.0.0/8","region":"r"}]}"#);
         assert!(m.contains("missing field `service`"), "{m}");
