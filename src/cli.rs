@@ -52,6 +52,8 @@ pub enum Command {
     Generate(crate::workload::generate::GenerateArgs),
     /// Score findings against a generated workload's ground truth.
     Score(crate::workload::score::ScoreArgs),
+    /// Where addresses are: AWS (service, region, prefix) or outside, from AWS's published ranges.
+    Place(crate::placement::cli::PlaceArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +147,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Replay(args) => crate::workload::replay::cli(args),
         Command::Generate(args) => crate::workload::generate::cli(args),
         Command::Score(args) => crate::workload::score::cli(args),
+        Command::Place(args) => crate::placement::cli::cli(args),
     }
 }
 

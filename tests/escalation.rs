@@ -56,6 +56,8 @@ fn fixture() -> Finding {
                 user_agent: "aws-sdk-go-v2/1.30.3 os/linux lang/go#1.22.5 md/GOOS#linux md/GOARCH#amd64 api/ec2#1.171.0".into(),
                 access_key_id: Some("ASIAP5CT9NN8EYVU1FXV".into()),
                 source: Some("tests/fixtures/demo-instance-home.json#0".into()),
+                place: None,
+                place_detail: None,
             },
             EventEvidence {
                 role: "second".into(),
@@ -68,6 +70,8 @@ fn fixture() -> Finding {
                 user_agent: "stratus-red-team_c763d13b-d099-488a-bb3e-f57cb2fed240".into(),
                 access_key_id: None,
                 source: None,
+                place: None,
+                place_detail: None,
             },
         ],
         exceptions_checked: vec![ExceptionCheck {
@@ -78,6 +82,7 @@ fn fixture() -> Finding {
         event_time: "2024-08-02T08:23:55Z".into(),
         detected_at: "2024-08-02T08:24:01.250Z".into(),
         released_early: None,
+        suspicious_origin: None,
         arrived_at: None,
         claim: None,
     }

@@ -112,9 +112,30 @@ fn issuance_scenarios_give_the_same_findings_except_where_it_adds_knowledge() {
     let k_ec2 = "ASIAEC2KEY0000000001";
     let k_ecs = "ASIAECSKEY0000000001";
     let k_fn = "ASIALAMBDAKEY0000001";
-    let iss_ec2 = Ev::issuance("ec2.amazonaws.com", "app-role", INST, k_ec2, T0 - 120, T0 + 6 * 3600);
-    let iss_ecs = Ev::issuance("ecs-tasks.amazonaws.com", "task-role", "4f2a9c1e8b7d4e3f", k_ecs, T0 - 120, T0 + 6 * 3600);
-    let iss_fn = Ev::issuance("lambda.amazonaws.com", "fn-role", "checkout-fn", k_fn, T0 - 120, T0 + 12 * 3600);
+    let iss_ec2 = Ev::issuance(
+        "ec2.amazonaws.com",
+        "app-role",
+        INST,
+        k_ec2,
+        T0 - 120,
+        T0 + 6 * 3600,
+    );
+    let iss_ecs = Ev::issuance(
+        "ecs-tasks.amazonaws.com",
+        "task-role",
+        "4f2a9c1e8b7d4e3f",
+        k_ecs,
+        T0 - 120,
+        T0 + 6 * 3600,
+    );
+    let iss_fn = Ev::issuance(
+        "lambda.amazonaws.com",
+        "fn-role",
+        "checkout-fn",
+        k_fn,
+        T0 - 120,
+        T0 + 12 * 3600,
+    );
     let rows = vec![
         Row {
             name: "an instance's key used from outside AWS after the instance's own calls",
@@ -190,7 +211,12 @@ fn issuance_scenarios_give_the_same_findings_except_where_it_adds_knowledge() {
         let without = judge_any_order(&row.events);
         assert_eq!(without, row.without, "without issuance: {}", row.name);
         let with: Vec<Ev> = row.events.iter().chain(&row.issuance).cloned().collect();
-        assert_eq!(judge_any_order(&with), row.with, "with issuance: {}", row.name);
+        assert_eq!(
+            judge_any_order(&with),
+            row.with,
+            "with issuance: {}",
+            row.name
+        );
     }
 }
 
@@ -199,8 +225,19 @@ fn an_issued_expiry_ends_a_keyed_session_exactly() {
     // A task key issued until T0 + 600: a use of the same key (impossible in AWS, so a replay
     // or a clock problem) after that is not compared with the task's home.
     let k = "ASIAECSKEY0000000002";
-    let iss = Ev::issuance("ecs-tasks.amazonaws.com", "task-role", "4f2a9c1e8b7d4e3f", k, T0 - 60, T0 + 600);
-    let events = vec![iss, task(k, INST_IP, ECS_UA, T0), task(k, OTHER_EC2, ECS_UA, T0 + 900)];
+    let iss = Ev::issuance(
+        "ecs-tasks.amazonaws.com",
+        "task-role",
+        "4f2a9c1e8b7d4e3f",
+        k,
+        T0 - 60,
+        T0 + 600,
+    );
+    let events = vec![
+        iss,
+        task(k, INST_IP, ECS_UA, T0),
+        task(k, OTHER_EC2, ECS_UA, T0 + 900),
+    ];
     assert_eq!(judge(&events), seen(&[]));
     let events: Vec<Ev> = events.into_iter().skip(1).collect();
     assert_eq!(

@@ -117,7 +117,12 @@ fn ec2(ip: &str, t: i64) -> Ev {
 fn rules(f: &[Finding]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = f
         .iter()
-        .map(|f| (f.rule.clone(), f.suspicious_origin.clone().unwrap_or_default()))
+        .map(|f| {
+            (
+                f.rule.clone(),
+                f.suspicious_origin.clone().unwrap_or_default(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -127,7 +132,12 @@ fn rules(f: &[Finding]) -> Vec<(String, String)> {
 fn the_inventory_explains_a_workloads_own_addresses_and_nothing_else() {
     let reuse = "session_token_reuse".to_string();
     // (what, events, findings without the inventory, findings with it)
-    type Row = (&'static str, Vec<Ev>, Vec<(String, String)>, Vec<(String, String)>);
+    type Row = (
+        &'static str,
+        Vec<Ev>,
+        Vec<(String, String)>,
+        Vec<(String, String)>,
+    );
     let rows: Vec<Row> = vec![
         (
             "a dual-stack instance calls from its IPv4 and its VPC's IPv6 block",
@@ -177,7 +187,10 @@ fn the_inventory_explains_a_workloads_own_addresses_and_nothing_else() {
                     .set("vpcEndpointId", json!("vpce-0shared"))
                     .set("vpcEndpointAccountId", json!(NETWORK_ACCT)),
             ],
-            vec![("foreign_vpc_endpoint".into(), "vpce-0shared@999988887777 (10.0.0.5)".into())],
+            vec![(
+                "foreign_vpc_endpoint".into(),
+                "vpce-0shared@999988887777 (10.0.0.5)".into(),
+            )],
             vec![],
         ),
     ];
@@ -186,7 +199,11 @@ fn the_inventory_explains_a_workloads_own_addresses_and_nothing_else() {
         assert_eq!(rules(&judge(&events, true)), with, "with: {what}");
         let mut reversed = events.clone();
         reversed.reverse();
-        assert_eq!(rules(&judge(&reversed, true)), with, "with, reversed: {what}");
+        assert_eq!(
+            rules(&judge(&reversed, true)),
+            with,
+            "with, reversed: {what}"
+        );
     }
 }
 
@@ -195,22 +212,56 @@ fn findings_say_where_each_origin_is() {
     let f = judge(&[ec2(INST_IP, T0), ec2(OTHER_INST_IP, T0 + 60)], true);
     assert_eq!(f.len(), 1);
     let f = &f[0];
-    assert_eq!(f.severity, Severity::Medium, "a pivot within the organisation is one step lower");
-    assert!(f.title.contains("ours but another workload's"), "{}", f.title);
-    let places: Vec<&str> = f.events.iter().map(|e| e.place.as_deref().unwrap()).collect();
+    assert_eq!(
+        f.severity,
+        Severity::Medium,
+        "a pivot within the organisation is one step lower"
+    );
+    assert!(
+        f.title.contains("ours but another workload's"),
+        "{}",
+        f.title
+    );
+    let places: Vec<&str> = f
+        .events
+        .iter()
+        .map(|e| e.place.as_deref().unwrap())
+        .collect();
     assert_eq!(places, ["ours", "ours_other"]);
-    assert!(f.events[1].place_detail.as_deref().unwrap().contains(OTHER_INST));
-    let inv = f.exceptions_checked.iter().find(|c| c.exception == "inventory").unwrap();
-    assert!(!inv.applied && inv.detail.contains("not this workload's"), "{}", inv.detail);
+    assert!(f.events[1]
+        .place_detail
+        .as_deref()
+        .unwrap()
+        .contains(OTHER_INST));
+    let inv = f
+        .exceptions_checked
+        .iter()
+        .find(|c| c.exception == "inventory")
+        .unwrap();
+    assert!(
+        !inv.applied && inv.detail.contains("not this workload's"),
+        "{}",
+        inv.detail
+    );
 
     let f = judge(&[ec2(INST_IP, T0), ec2("54.210.7.7", T0 + 60)], true);
     assert_eq!(f[0].severity, Severity::High);
-    assert!(f[0].title.contains("in AWS (EC2 us-east-1), not ours"), "{}", f[0].title);
+    assert!(
+        f[0].title.contains("in AWS (EC2 us-east-1), not ours"),
+        "{}",
+        f[0].title
+    );
     assert_eq!(f[0].events[1].place.as_deref(), Some("aws"));
 
     let f = judge(&[ec2(THIEF, T0), ec2("54.210.7.7", T0 + 60)], false);
     let reuse = f.iter().find(|f| f.rule == "session_token_reuse").unwrap();
-    assert!(reuse.title.contains("the first origin is the suspicious one"), "{}", reuse.title);
+    assert!(
+        reuse
+            .title
+            .contains("the first origin is the suspicious one"),
+        "{}",
+        reuse.title
+    );
     assert_eq!(reuse.suspicious_origin.as_deref(), Some(THIEF));
     assert_eq!(reuse.events[0].place.as_deref(), Some("outside_aws"));
 }
@@ -218,9 +269,22 @@ fn findings_say_where_each_origin_is() {
 #[test]
 fn outside_aws_is_judged_on_the_single_event() {
     let f = judge(&[ec2(THIEF, T0)], false);
-    assert_eq!(rules(&f), [("workload_credentials_outside_aws".to_string(), THIEF.to_string())]);
-    let checks: Vec<&str> = f[0].exceptions_checked.iter().map(|c| c.exception.as_str()).collect();
-    assert_eq!(checks, ["aws_ip_ranges", "inventory", "allow_list", "workload_class"]);
+    assert_eq!(
+        rules(&f),
+        [(
+            "workload_credentials_outside_aws".to_string(),
+            THIEF.to_string()
+        )]
+    );
+    let checks: Vec<&str> = f[0]
+        .exceptions_checked
+        .iter()
+        .map(|c| c.exception.as_str())
+        .collect();
+    assert_eq!(
+        checks,
+        ["aws_ip_ranges", "inventory", "allow_list", "workload_class"]
+    );
     // An assumed role (a person) from outside AWS is not a workload's credential.
     let person = Ev::role("ASIAPERSON0000000001", "alice", THIEF, T0);
     assert!(judge(&[person], false).is_empty());
@@ -231,7 +295,13 @@ fn outside_aws_is_judged_on_the_single_event() {
     .unwrap();
     let engine = Engine::new(&cfg);
     let out = engine
-        .process_json(&ec2(THIEF, T0).text(), Position { prefix: "t", index: 0 })
+        .process_json(
+            &ec2(THIEF, T0).text(),
+            Position {
+                prefix: "t",
+                index: 0,
+            },
+        )
         .unwrap();
     assert!(out.is_empty());
 }

@@ -31,7 +31,7 @@ fn run_with(cfg: &Config, events: &[Ev]) -> Vec<Finding> {
 }
 
 fn run(events: &[Ev]) -> Vec<Finding> {
-    run_with(&Config::default(), events)
+    run_with(&reuse_only(), events)
 }
 
 fn rules(findings: &[Finding]) -> Vec<&str> {
@@ -39,7 +39,16 @@ fn rules(findings: &[Finding]) -> Vec<&str> {
 }
 
 fn cfg(toml: &str) -> Config {
-    Config::from_toml_str(toml).unwrap()
+    Config::from_toml_str(&format!("{OUTSIDE_OFF}{toml}")).unwrap()
+}
+
+/// These tables are about the second origin and the event rules; their addresses are
+/// documentation ranges, outside AWS, where `workload_credentials_outside_aws` fires on every
+/// instance call. That rule has its own tables (`tests/places.rs`, `tests/issuance.rs`).
+const OUTSIDE_OFF: &str = "[rules.workload_credentials_outside_aws]\nenabled = false\n";
+
+fn reuse_only() -> Config {
+    Config::from_toml_str(OUTSIDE_OFF).unwrap()
 }
 
 const INST: &str = "i-0abc1234def567890";
@@ -62,31 +71,31 @@ fn session_token_reuse_scenarios() {
     let cases: Vec<(&str, Config, Vec<Ev>, Vec<&str>)> = vec![
         (
             "stolen instance credential used from the internet",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), Ev::ec2("ASIA1", INST, EVIL, T0 + 60)],
             vec!["session_token_reuse"],
         ),
         (
             "same origin twice is home",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), Ev::ec2("ASIA1", INST, HOME, T0 + 60)],
             vec![],
         ),
         (
             "a rotated key of the same instance session shares the lock",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), Ev::ec2("ASIA2", INST, EVIL, T0 + 3600)],
             vec!["session_token_reuse"],
         ),
         (
             "a rotated key from home is fine",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), Ev::ec2("ASIA2", INST, HOME, T0 + 3600)],
             vec![],
         ),
         (
             "AWS services and AWS Internal never lock nor count as a second origin",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::ec2("ASIA1", INST, "ec2.amazonaws.com", T0),
                 Ev::ec2("ASIA1", INST, "AWS Internal", T0 + 1),
@@ -98,7 +107,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "invokedBy makes the origin an AWS service",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), {
                 let mut e = Ev::ec2("ASIA1", INST, EVIL, T0 + 5);
                 e.json["userIdentity"]["invokedBy"] = json!("cloudformation.amazonaws.com");
@@ -114,7 +123,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "without [organization] the session's own account owns its endpoints",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), vpce(ACCT, T0 + 10)],
             vec![],
         ),
@@ -126,19 +135,19 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "a private address without a VPC endpoint is an ordinary origin",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, "10.0.0.1", T0), Ev::ec2("ASIA1", INST, "10.0.0.2", T0 + 1)],
             vec!["session_token_reuse"],
         ),
         (
             "an Elastic IP associated with the instance explains its new address, whoever associated it",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), assoc(EVIL, T0 + 5), Ev::ec2("ASIA1", INST, EVIL, T0 + 60)],
             vec![],
         ),
         (
             "an Elastic IP associated by allocation id resolves through AllocateAddress",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::ec2("ASIA1", INST, HOME, T0),
                 Ev::base("AllocateAddress", "ec2.amazonaws.com", T0 + 1, "198.51.100.7")
@@ -151,7 +160,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "an address given to another instance explains nothing",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::ec2("ASIA1", INST, HOME, T0),
                 Ev::base("AssociateAddress", "ec2.amazonaws.com", T0 + 1, "198.51.100.7")
@@ -162,7 +171,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "a failed AssociateAddress credits nothing",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::ec2("ASIA1", INST, HOME, T0),
                 assoc(EVIL, T0 + 1).set("errorCode", json!("UnauthorizedOperation")),
@@ -172,7 +181,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "StartInstances begins a new home",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::ec2("ASIA1", INST, HOME, T0),
                 Ev::base("StartInstances", "ec2.amazonaws.com", T0 + 100, "198.51.100.7")
@@ -207,7 +216,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "console sessions stay out of the rule by default",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::role("ASIAC", "alice", HOME, T0).set("sessionCredentialFromConsole", json!("true")),
                 Ev::role("ASIAC", "alice", EVIL, T0 + 1).set("sessionCredentialFromConsole", json!("true")),
@@ -228,7 +237,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "Lambda credentials are at home in the runtime, from any address",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::role("ASIAL", "my-fn", "3.80.0.1", T0).ua("Boto3/1.34 exec-env/AWS_Lambda_python3.12"),
                 Ev::role("ASIAL", "my-fn", "3.80.0.2", T0 + 1).ua("Boto3/1.34 exec-env/AWS_Lambda_python3.12"),
@@ -237,7 +246,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "Lambda credentials used outside the runtime",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::role("ASIAL", "my-fn", "3.80.0.1", T0).ua("Boto3/1.34 exec-env/AWS_Lambda_python3.12"),
                 Ev::role("ASIAL", "my-fn", EVIL, T0 + 60).ua("python-requests/2.31"),
@@ -246,7 +255,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "Lambda credentials used outside the runtime, seen before the runtime's own call",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::role("ASIAL", "my-fn", EVIL, T0 + 60).ua("python-requests/2.31"),
                 Ev::role("ASIAL", "my-fn", "3.80.0.1", T0).ua("Boto3/1.34 exec-env/AWS_Lambda_python3.12"),
@@ -256,7 +265,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "one finding per (session, new origin); a third origin is another",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::ec2("ASIA1", INST, HOME, T0),
                 Ev::ec2("ASIA1", INST, EVIL, T0 + 1),
@@ -267,19 +276,19 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "after the credential's lifetime the session starts over",
-            Config::default(),
+            reuse_only(),
             vec![Ev::role("ASIAR", "bob", HOME, T0), Ev::role("ASIAR", "bob", EVIL, T0 + 13 * 3600)],
             vec![],
         ),
         (
             "an IPv4-mapped IPv6 address is the same origin as its IPv4",
-            Config::default(),
+            reuse_only(),
             vec![Ev::ec2("ASIA1", INST, HOME, T0), Ev::ec2("ASIA1", INST, "::ffff:54.10.10.10", T0 + 1)],
             vec![],
         ),
         (
             "values that are not addresses are opaque origins, compared as they are",
-            Config::default(),
+            reuse_only(),
             vec![
                 Ev::ec2("ASIA1", INST, "075.050.255.67", T0),
                 Ev::ec2("ASIA1", INST, "075.050.255.67", T0 + 1),
@@ -289,7 +298,7 @@ fn session_token_reuse_scenarios() {
         ),
         (
             "long-term keys are ignored by default",
-            Config::default(),
+            reuse_only(),
             vec![Ev::base("ListUsers", "iam.amazonaws.com", T0, HOME), Ev::base("ListUsers", "iam.amazonaws.com", T0 + 1, EVIL)],
             vec![],
         ),
@@ -508,7 +517,7 @@ fn the_same_event_read_twice_gives_one_finding() {
 
 #[test]
 fn service_principal_churn_does_not_grow_the_store() {
-    let engine = Engine::new(&Config::default());
+    let engine = Engine::new(&reuse_only());
     for i in 0..5000 {
         let ev = Ev::role(
             &format!("ASIASVC{i:06}"),
@@ -562,7 +571,7 @@ fn sessions_expire_and_the_store_stays_bounded() {
 
 #[test]
 fn a_snapshot_keeps_the_locks_it_had_learned() {
-    let a = Engine::new(&Config::default());
+    let a = Engine::new(&reuse_only());
     a.process_json(
         &Ev::ec2("ASIA1", INST, HOME, T0).text(),
         Position {
@@ -572,7 +581,7 @@ fn a_snapshot_keeps_the_locks_it_had_learned() {
     )
     .unwrap();
     let snap = serde_json::to_string(&a.snapshot()).unwrap();
-    let b = Engine::new(&Config::default());
+    let b = Engine::new(&reuse_only());
     b.restore(&serde_json::from_str(&snap).unwrap());
     assert!(b
         .process_json(
@@ -635,7 +644,7 @@ mod properties {
     fn run_workers(events: &[Ev], deal: &[usize], workers: usize) -> Vec<Finding> {
         let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
         let engines: Vec<Engine> = (0..workers)
-            .map(|_| Engine::new(&Config::default()).with_authority(auth.clone()))
+            .map(|_| Engine::new(&reuse_only()).with_authority(auth.clone()))
             .collect();
         // The state table's claims: a key is reported once until its `until`.
         let mut claims: std::collections::HashMap<String, i64> = Default::default();
@@ -720,8 +729,8 @@ mod properties {
 fn two_workers() -> (Engine, Engine) {
     let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
     (
-        Engine::new(&Config::default()).with_authority(auth.clone()),
-        Engine::new(&Config::default()).with_authority(auth),
+        Engine::new(&reuse_only()).with_authority(auth.clone()),
+        Engine::new(&reuse_only()).with_authority(auth),
     )
 }
 
@@ -767,7 +776,7 @@ fn two_workers_sharing_a_store_report_a_session_split_between_them_once() {
 fn an_unreachable_shared_store_leaves_the_decision_to_the_local_store() {
     let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
     auth.down.store(true, std::sync::atomic::Ordering::Relaxed);
-    let a = Engine::new(&Config::default()).with_authority(auth.clone());
+    let a = Engine::new(&reuse_only()).with_authority(auth.clone());
     let pos = Position {
         prefix: "test",
         index: 0,
@@ -842,7 +851,7 @@ fn a_worker_settles_against_an_earlier_home_another_worker_read_after_its_contes
 fn an_address_given_on_one_worker_explains_the_move_seen_on_another() {
     let auth = std::sync::Arc::new(credwatch::coord::MemoryAuthority::default());
     let workers: Vec<Engine> = (0..3)
-        .map(|_| Engine::new(&Config::default()).with_authority(auth.clone()))
+        .map(|_| Engine::new(&reuse_only()).with_authority(auth.clone()))
         .collect();
     let pos = Position {
         prefix: "test",
@@ -914,7 +923,7 @@ fn an_address_given_on_one_worker_explains_the_move_seen_on_another() {
         "the first new origin after the restart is explained: {after:?}"
     );
     // Without the shared log, the same split reports the move.
-    let alone = Engine::new(&Config::default());
+    let alone = Engine::new(&reuse_only());
     for e in [
         Ev::ec2("ASIA2", INST, HOME, T0),
         Ev::ec2("ASIA2", INST, EVIL, T0 + 60),

@@ -19,6 +19,13 @@ use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use serde_json::{json, Value};
 use support::events::{Ev, T0};
 
+/// These tests are about settling second origins; their addresses are documentation ranges,
+/// outside AWS, where `workload_credentials_outside_aws` (judged on the single event, with its
+/// own tables in `tests/issuance.rs` and `tests/places.rs`) would fire on every instance call.
+fn reuse_only() -> Config {
+    Config::from_toml_str("[rules.workload_credentials_outside_aws]\nenabled = false\n").unwrap()
+}
+
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 const RULE: &str = "session_token_reuse";
@@ -411,7 +418,7 @@ fn runner(cases: u32) -> TestRunner {
 
 #[test]
 fn findings_do_not_depend_on_shards_or_delivery_order() {
-    let cfg = Config::default();
+    let cfg = reuse_only();
     let with_findings = Cell::new(0u32);
     let with_instance_findings = Cell::new(0u32);
     let cases = cases(200);
@@ -484,7 +491,7 @@ const SKEW: i64 = 900;
 
 #[test]
 fn findings_the_watermark_releases_are_the_final_ones() {
-    let mut cfg = Config::default();
+    let mut cfg = reuse_only();
     // Every event on a shard is at most SKEW earlier than one delivered before it there.
     cfg.detection.allowed_lateness_secs = SKEW as u64 + 1;
     let released = Cell::new(0u32);
@@ -573,7 +580,7 @@ fn findings_the_watermark_releases_are_the_final_ones() {
 // Hunts over files.
 
 fn hunt(files: &[PathBuf]) -> (Vec<Finding>, HuntSummary) {
-    let engine = Engine::new(&Config::default());
+    let engine = Engine::new(&reuse_only());
     let mut findings = Vec::new();
     let summary = hunt_files(
         &engine,
@@ -671,7 +678,7 @@ fn a_late_home_shows_both_keys_in_the_evidence() {
     let thief = Ev::ec2("ASIATHIEF0000001", inst, EVIL, T0 + 60)
         .name("s3.amazonaws.com", "ListBuckets")
         .ua("curl/8.4");
-    let cfg = Config::default();
+    let cfg = reuse_only();
     let engine = Engine::new(&cfg);
     let mut found = Vec::new();
     // The thief's call is read first; the home's, earlier, arrives after it.
@@ -703,7 +710,7 @@ fn a_late_home_shows_both_keys_in_the_evidence() {
 fn a_credit_that_arrives_after_the_use_withdraws_the_candidate() {
     let inst = "i-0bbb1234def567890";
     let eip = "52.95.2.2";
-    let cfg = Config::default();
+    let cfg = reuse_only();
     let run = |events: &[&Ev]| {
         let engine = Engine::new(&cfg);
         let mut out = Vec::new();
@@ -785,7 +792,7 @@ fn hunt_gives_the_same_findings_for_files_in_any_order_and_duplicated() {
     assert_eq!(comparable_all(&x), comparable_all(&y));
     // Each file alone in time order gives the same, once.
     let all: Vec<Ev> = a.iter().chain(&b).cloned().collect();
-    let want = in_time_order(&Config::default(), &all);
+    let want = in_time_order(&reuse_only(), &all);
     assert_eq!(comparable_all(&x), comparable_all(&want));
     // The thefts: ib's key from 203.0.113.99, ia's from EVIL; ia's restart explains only its
     // first new origin (54.1.1.2), not the other one after it.
@@ -811,7 +818,7 @@ fn a_use_from_a_credited_address_before_the_first_home_call_is_not_the_home() {
     let used = Ev::ec2("ASIAC1", inst, eip, T0 + 20);
     let home = Ev::ec2("ASIAC1", inst, HOME, T0 + 100);
     let thief = Ev::ec2("ASIAC1", inst, EVIL, T0 + 200);
-    let cfg = Config::default();
+    let cfg = reuse_only();
     let want = in_time_order(
         &cfg,
         &[assoc.clone(), used.clone(), home.clone(), thief.clone()],

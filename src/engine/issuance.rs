@@ -276,8 +276,10 @@ mod tests {
             let ev = CloudTrailEvent::parse(&json).unwrap();
             assert!(issuance_of(&ev, 1).is_none(), "{by}");
         }
-        let failed = event("ec2.amazonaws.com", "i-1", "ASIAX", "x")
-            .replace("\"eventName\"", "\"errorCode\":\"AccessDenied\",\"eventName\"");
+        let failed = event("ec2.amazonaws.com", "i-1", "ASIAX", "x").replace(
+            "\"eventName\"",
+            "\"errorCode\":\"AccessDenied\",\"eventName\"",
+        );
         let ev = CloudTrailEvent::parse(&failed).unwrap();
         assert!(issuance_of(&ev, 1).is_none());
     }
@@ -285,7 +287,12 @@ mod tests {
     #[test]
     fn the_book_forgets_expired_keys_and_keeps_the_earliest_duplicate() {
         let book = IssuanceBook::default();
-        let json = event("lambda.amazonaws.com", "f", "ASIAK1", "2024-08-01T16:00:00Z");
+        let json = event(
+            "lambda.amazonaws.com",
+            "f",
+            "ASIAK1",
+            "2024-08-01T16:00:00Z",
+        );
         let ev = CloudTrailEvent::parse(&json).unwrap();
         book.observe(&ev, 200);
         book.observe(&ev, 100);

@@ -32,9 +32,9 @@ use self::instances::{InstanceBook, InstanceSnapshot};
 use self::issuance::{IssuanceBook, Issued};
 use self::origin::{Origin, OriginClass};
 use self::place::{Place, Workload};
+use self::store::{SessionStore, StoreSnapshot};
 use crate::inventory::Inventory;
 use crate::placement::Placement;
-use self::store::{SessionStore, StoreSnapshot};
 
 /// Where an event was read, for evidence and set-aside records: `prefix#index`.
 #[derive(Debug, Clone, Copy)]
@@ -466,11 +466,21 @@ impl Engine {
     /// The ranges in use, in words, for evidence.
     pub(crate) fn ranges_description(&self) -> String {
         let r = self.placement.ranges();
-        format!("AWS's published ranges ({})", r.source())
+        format!(
+            "AWS's published ranges ({}, createDate {})",
+            r.source(),
+            r.create_date()
+                .map(format_time)
+                .unwrap_or_else(|| "unknown".into())
+        )
     }
 
     /// Whether the inventory explains `addr` for the session `who`, for evidence.
-    pub(crate) fn inventory_check(&self, addr: IpAddr, who: Option<Workload<'_>>) -> ExceptionCheck {
+    pub(crate) fn inventory_check(
+        &self,
+        addr: IpAddr,
+        who: Option<Workload<'_>>,
+    ) -> ExceptionCheck {
         let exception = Explanation::Inventory.as_str().to_string();
         if !self.inventory_on() {
             return ExceptionCheck {

@@ -25,7 +25,10 @@ pub enum Place {
     /// In AWS's ranges, not in the inventory.
     Aws(AwsRange),
     /// In the inventory: `owner` names the resource; `this_workload` when it is the session's.
-    Ours { owner: String, this_workload: bool },
+    Ours {
+        owner: String,
+        this_workload: bool,
+    },
     Private,
 }
 

@@ -10,8 +10,8 @@
 
 use crate::engine::credential::{Credential, CredentialClass};
 use crate::engine::issuance::{CredentialClassName, Issued};
-use crate::engine::place::Workload;
 use crate::engine::origin::Origin;
+use crate::engine::place::Workload;
 use crate::engine::store::{
     home_of, key_of, key_of_parts, portable, HomeEvidence, HomeTag, HomeValue, NewHome, Session,
     Update,
@@ -158,8 +158,7 @@ pub(crate) fn check(
         account: session_account,
         instance: cred.instance_id.as_deref(),
     };
-    let own = e.inventory_on()
-        && addr.is_some_and(|a| e.place_of(a, who).is_own());
+    let own = e.inventory_on() && addr.is_some_and(|a| e.place_of(a, who).is_own());
     let stored_own = |s: &Session| {
         own && e
             .store
@@ -266,41 +265,41 @@ fn runtime_use(
     pos: &Position<'_>,
     expires: i64,
 ) {
-        sight(
-            e,
-            key,
-            ev,
-            origin,
-            HomeTag::LambdaRuntime,
-            None,
-            t,
-            pos,
-            expires,
-        );
-        consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
+    sight(
+        e,
+        key,
+        ev,
+        origin,
+        HomeTag::LambdaRuntime,
+        None,
+        t,
+        pos,
+        expires,
+    );
+    consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
 
-        let runtime_home =
-            |exp: i64| Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, exp, cred));
-        let outcome = e.store.update(key, |cur| match cur {
-            None => (runtime_home(expires), Outcome::Locked),
-            Some(s) if (s.expires as i64) < t => (runtime_home(expires), Outcome::Locked),
-            Some(s) if s.tag() == HomeTag::LambdaRuntime => {
-                if earlier(e, s, t, ev.event_id()) {
-                    // An earlier runtime call: it is the home (the earliest runtime call).
-                    (runtime_home(expires.max(s.expires as i64)), Outcome::Home)
-                } else {
-                    (Update::Touch { expires }, Outcome::Home)
-                }
+    let runtime_home =
+        |exp: i64| Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, exp, cred));
+    let outcome = e.store.update(key, |cur| match cur {
+        None => (runtime_home(expires), Outcome::Locked),
+        Some(s) if (s.expires as i64) < t => (runtime_home(expires), Outcome::Locked),
+        Some(s) if s.tag() == HomeTag::LambdaRuntime => {
+            if earlier(e, s, t, ev.event_id()) {
+                // An earlier runtime call: it is the home (the earliest runtime call).
+                (runtime_home(expires.max(s.expires as i64)), Outcome::Home)
+            } else {
+                (Update::Touch { expires }, Outcome::Home)
             }
-            // An outside use came first: this runtime call shows it was a Lambda's credential.
-            Some(s) => (
-                runtime_home(expires.max(s.expires as i64)),
-                Outcome::Pair {
-                    stored: e.store.evidence(s),
-                },
-            ),
-        });
-        contend(e, key, ev, cred, origin, t, pos, outcome, expires);
+        }
+        // An outside use came first: this runtime call shows it was a Lambda's credential.
+        Some(s) => (
+            runtime_home(expires.max(s.expires as i64)),
+            Outcome::Pair {
+                stored: e.store.evidence(s),
+            },
+        ),
+    });
+    contend(e, key, ev, cred, origin, t, pos, outcome, expires);
 }
 
 /// An issuance read from the stream: a Lambda's key is at home in the runtime from the moment

@@ -29,11 +29,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::credential::CredentialClass;
 use crate::engine::origin::OriginClass;
+use crate::engine::place::{Place, Workload};
 use crate::engine::store::{key_of_parts, value_of, HomeEvidence, HomeTag, Key, Map};
 use crate::engine::{Engine, Explanation};
 use crate::event::format_time;
 use crate::finding::{finding_id, Claim, EventEvidence, ExceptionCheck, Finding, Severity};
-use crate::engine::place::{Place, Workload};
 use crate::rules::session_token_reuse::{value_text, RULE};
 use crate::rules::workload_outside_aws::{self, Candidate};
 
@@ -174,16 +174,16 @@ impl Pending {
     pub fn waiting(&self) -> usize {
         self.outside.len()
             + self
-            .contests
-            .iter()
-            .map(|c| {
-                c.sightings
-                    .iter()
-                    .filter(|s| !c.decided.contains(&s.value))
-                    .count()
-                    .saturating_sub(1)
-            })
-            .sum::<usize>()
+                .contests
+                .iter()
+                .map(|c| {
+                    c.sightings
+                        .iter()
+                        .filter(|s| !c.decided.contains(&s.value))
+                        .count()
+                        .saturating_sub(1)
+                })
+                .sum::<usize>()
     }
 
     pub fn is_contested(&self, key: Key) -> bool {
@@ -567,7 +567,8 @@ impl Engine {
         let outside_class = OriginClass::parse(&s.evidence.origin_kind);
         let s_place = self.place_of_sighting(c, s);
         let h_place = self.place_of_sighting(c, home);
-        let in_words = |p: &Option<Place>| p.as_ref().map(|p| format!(" ({p})")).unwrap_or_default();
+        let in_words =
+            |p: &Option<Place>| p.as_ref().map(|p| format!(" ({p})")).unwrap_or_default();
         // The home by event time is itself outside AWS, and the other origin is in AWS: the
         // first origin is the suspicious one (the thief called first).
         let first_suspicious = !lambda

@@ -105,8 +105,7 @@ pub struct Network {
 impl Network {
     /// Reads the networks of [`ORGANIZATION`]'s accounts from an inventory file.
     pub fn from_inventory(path: &Path) -> Result<Network, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let inv: crate::inventory::InventorySnapshot =
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         fn parts<'i>(

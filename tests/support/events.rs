@@ -85,7 +85,14 @@ impl Ev {
 
     /// The `AssumeRole` by which `service` (`ec2.amazonaws.com`, `ecs-tasks.amazonaws.com`,
     /// `lambda.amazonaws.com`) issued `key` to the workload `session`, valid until `expires`.
-    pub fn issuance(service: &str, role: &str, session: &str, key: &str, t: i64, expires: i64) -> Ev {
+    pub fn issuance(
+        service: &str,
+        role: &str,
+        session: &str,
+        key: &str,
+        t: i64,
+        expires: i64,
+    ) -> Ev {
         Ev::base("AssumeRole", "sts.amazonaws.com", t, service)
             .ua(service)
             .identity(json!({"type": "AWSService", "invokedBy": service}))
