@@ -60,3 +60,64 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
     format!("{}…", &s[..end])
 }
+
+/// What the engine knows of addresses besides the stream: AWS's ranges (`[placement]`) and our
+/// own addresses (`[inventory]`, when configured). `run` keeps the handles to refresh them.
+pub struct Knowledge {
+    pub placement: std::sync::Arc<crate::placement::Placement>,
+    pub inventory: Option<std::sync::Arc<crate::inventory::Inventory>>,
+}
+
+impl Knowledge {
+    /// Loads both once: the ranges from their URL, file or the built-in snapshot; the inventory
+    /// from its file or from EC2 (every configured account and region).
+    pub async fn load(cfg: &crate::config::Config) -> anyhow::Result<Knowledge> {
+        use anyhow::Context;
+        let placement = crate::placement::Placement::load_initial(&cfg.placement)
+            .await
+            .context("placement")?;
+        let inventory = if cfg.inventory.enabled() {
+            let inv = crate::inventory::load_initial(&cfg.inventory)
+                .await
+                .context("inventory")?;
+            let snap = inv.snapshot();
+            tracing::info!(
+                resources = snap.len(),
+                accounts = snap.accounts().len(),
+                "inventory loaded"
+            );
+            Some(std::sync::Arc::new(inv))
+        } else {
+            None
+        };
+        Ok(Knowledge {
+            placement: std::sync::Arc::new(placement),
+            inventory,
+        })
+    }
+
+    /// [`Knowledge::load`] outside a runtime (for `hunt`).
+    pub fn load_blocking(cfg: &crate::config::Config) -> anyhow::Result<Knowledge> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(Knowledge::load(cfg))
+    }
+
+    /// The engine with this knowledge.
+    pub fn equip(&self, mut engine: Engine) -> Engine {
+        engine = engine.with_placement(self.placement.clone());
+        if let Some(inv) = &self.inventory {
+            engine = engine.with_inventory(inv.clone());
+        }
+        engine
+    }
+
+    /// Keeps both current until the process ends (`run`).
+    pub fn spawn_refresh(&self, cfg: &crate::config::Config) {
+        tokio::spawn(self.placement.clone().refresh_loop(cfg.placement.clone()));
+        if let Some(inv) = &self.inventory {
+            tokio::spawn(inv.clone().refresh_loop(cfg.inventory.clone()));
+        }
+    }
+}

@@ -54,6 +54,8 @@ pub enum Command {
     Score(crate::workload::score::ScoreArgs),
     /// Where addresses are: AWS (service, region, prefix) or outside, from AWS's published ranges.
     Place(crate::placement::cli::PlaceArgs),
+    /// Print what the inventory of our own addresses holds (`[inventory]`), as a table or JSON.
+    Inventory(crate::inventory::cli::InventoryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +150,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Generate(args) => crate::workload::generate::cli(args),
         Command::Score(args) => crate::workload::score::cli(args),
         Command::Place(args) => crate::placement::cli::cli(args),
+        Command::Inventory(args) => crate::inventory::cli::cli(args),
     }
 }
 
@@ -166,7 +169,14 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
             return EXIT_ERROR;
         }
     };
-    let engine = Engine::new(&cfg);
+    let knowledge = match crate::app::Knowledge::load_blocking(&cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("credwatch: {e:#}");
+            return EXIT_ERROR;
+        }
+    };
+    let engine = knowledge.equip(Engine::new(&cfg));
     let limits = Limits::from(&cfg.input);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

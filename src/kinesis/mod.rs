@@ -176,6 +176,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )
     .await;
     let metrics = Arc::new(Metrics::new());
+    let knowledge = crate::app::Knowledge::load(&cfg).await?;
+    let _ = metrics
+        .knowledge
+        .set((knowledge.placement.clone(), knowledge.inventory.clone()));
+    metrics
+        .ranges_max_age_days
+        .store(cfg.placement.max_age_days, std::sync::atomic::Ordering::Relaxed);
     let shared_backend = cfg.coordination.backend == Backend::Dynamodb;
     let (engine, coordination, positions, findings_offset, inherited) = if shared_backend {
         // Positions live in the lease items and sessions in the state table: no local
@@ -184,11 +191,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = metrics.dynamodb.set(calls.clone());
         let c = Arc::new(leased::Coordination::open(&cfg.coordination, &sdk, calls).await?);
         let authority = Arc::new(crate::coord::SharedState::new(c.state.clone())?);
-        let engine = Arc::new(Engine::new(&cfg).with_authority(authority));
+        let engine = Arc::new(knowledge.equip(Engine::new(&cfg)).with_authority(authority));
         (engine, Some(c), BTreeMap::new(), 0, vec![])
     } else {
         let previous = store.load()?;
-        let engine = Arc::new(Engine::new(&cfg));
+        let engine = Arc::new(knowledge.equip(Engine::new(&cfg)));
         let mut positions = BTreeMap::new();
         let mut findings_offset = 0;
         let mut inherited = vec![];
@@ -220,6 +227,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let dead_letters = DeadLetterSink::open(cfg.output.dead_letter_file.as_deref())
         .with_context(|| format!("output.dead_letter_file {:?}", cfg.output.dead_letter_file))?;
     metrics.init_labels();
+    knowledge.spawn_refresh(&cfg);
     let shutdown = CancellationToken::new();
     let spool = cfg.checkpoint.dir.join("escalation-spool");
     let escalator = Arc::new(Escalator::new(&cfg.escalation, &spool, metrics.clone())?);
