@@ -113,11 +113,7 @@ impl Role {
     async fn credentials(&self) -> Result<Credentials, String> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref() {
-            let fresh = match c.expiry() {
-                Some(exp) => exp > SystemTime::now() + RENEW_BEFORE,
-                None => true,
-            };
-            if fresh {
+            if still_fresh(c.expiry(), SystemTime::now()) {
                 return Ok(c.clone());
             }
         }
@@ -136,6 +132,12 @@ impl Role {
             }
         }
     }
+}
+
+/// Whether credentials expiring at `expiry` may still be used at `now` (not within
+/// [`RENEW_BEFORE`] of their expiry; credentials without an expiry always may).
+fn still_fresh(expiry: Option<SystemTime>, now: SystemTime) -> bool {
+    expiry.is_none_or(|exp| exp > now + RENEW_BEFORE)
 }
 
 /// One account and region to read: (account, region, the read's outcome once it is known).
@@ -633,6 +635,16 @@ mod tests {
         InstanceIpv6Address, InstanceNetworkInterface, InstanceNetworkInterfaceAssociation,
         InstancePrivateIpAddress, InstanceState, InstanceStateName,
     };
+
+    #[test]
+    fn assumed_credentials_are_renewed_near_their_expiry() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        assert!(still_fresh(Some(now + hour), now));
+        assert!(still_fresh(None, now));
+        assert!(!still_fresh(Some(now + RENEW_BEFORE), now));
+        assert!(!still_fresh(Some(now - hour), now));
+    }
 
     #[test]
     fn role_accounts() {
