@@ -38,7 +38,12 @@ pub struct InventoryArgs {
     #[arg(long, env = "CREDWATCH_CONFIG")]
     pub config: Option<PathBuf>,
     /// `table` for people, `json` for `[inventory] file`.
-    #[arg(long, env = "CREDWATCH_INVENTORY_FORMAT", value_enum, default_value = "table")]
+    #[arg(
+        long,
+        env = "CREDWATCH_INVENTORY_FORMAT",
+        value_enum,
+        default_value = "table"
+    )]
     pub format: InventoryFormat,
 }
 

@@ -42,6 +42,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
@@ -112,11 +113,7 @@ impl Role {
     async fn credentials(&self) -> Result<Credentials, String> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref() {
-            let fresh = match c.expiry() {
-                Some(exp) => exp > SystemTime::now() + RENEW_BEFORE,
-                None => true,
-            };
-            if fresh {
+            if still_fresh(c.expiry(), SystemTime::now()) {
                 return Ok(c.clone());
             }
         }
@@ -136,6 +133,15 @@ impl Role {
         }
     }
 }
+
+/// Whether credentials expiring at `expiry` may still be used at `now` (not within
+/// [`RENEW_BEFORE`] of their expiry; credentials without an expiry always may).
+fn still_fresh(expiry: Option<SystemTime>, now: SystemTime) -> bool {
+    expiry.is_none_or(|exp| exp > now + RENEW_BEFORE)
+}
+
+/// One account and region to read: (account, region, the read's outcome once it is known).
+type Slot = (String, String, Option<Result<AccountRegion, String>>);
 
 /// The account of an IAM role ARN (`arn:aws:iam::<account>:role/<name>`), else the ARN itself.
 pub fn role_account(arn: &str) -> String {
@@ -278,11 +284,14 @@ impl Fetcher {
                 );
                 continue;
             }
+            // Fixed credentials need no identity cache (and a shared one would keep an entry
+            // for every refresh's new provider).
             let conf = role.credentials().await.map(|c| {
                 self.base
                     .clone()
                     .into_builder()
                     .credentials_provider(SharedCredentialsProvider::new(c))
+                    .identity_cache(IdentityCache::no_cache())
                     .build()
             });
             accounts.push((role.account.clone(), conf));
@@ -295,7 +304,7 @@ impl Fetcher {
             .collect();
         let limit = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut slots: Vec<(String, String, Option<Result<AccountRegion, String>>)> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::new();
         for (account, conf) in &accounts {
             for region in &self.regions {
                 let slot = slots.len();
@@ -475,7 +484,10 @@ async fn elastic_ips(ec2: &aws_sdk_ec2::Client) -> Result<Vec<ElasticIpRec>, Str
             Some(ElasticIpRec {
                 public_ip: ip(a.public_ip())?,
                 allocation_id: a.allocation_id().map(str::to_string),
-                instance_id: a.instance_id().filter(|s| !s.is_empty()).map(str::to_string),
+                instance_id: a
+                    .instance_id()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
                 network_interface_id: a.network_interface_id().map(str::to_string),
                 private_ip: ip(a.private_ip_address()),
             })
@@ -625,8 +637,21 @@ mod tests {
     };
 
     #[test]
+    fn assumed_credentials_are_renewed_near_their_expiry() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        assert!(still_fresh(Some(now + hour), now));
+        assert!(still_fresh(None, now));
+        assert!(!still_fresh(Some(now + RENEW_BEFORE), now));
+        assert!(!still_fresh(Some(now - hour), now));
+    }
+
+    #[test]
     fn role_accounts() {
-        assert_eq!(role_account("arn:aws:iam::210987654321:role/x"), "210987654321");
+        assert_eq!(
+            role_account("arn:aws:iam::210987654321:role/x"),
+            "210987654321"
+        );
         assert_eq!(
             role_account("arn:aws-cn:iam::210987654321:role/a/b"),
             "210987654321"

@@ -336,7 +336,10 @@ mod tests {
         let snap = inv.snapshot();
         assert!(snap.endpoint("vpce-222222222222").is_some(), "kept");
         assert!(snap.parts.iter().all(|p| p.error.is_some()));
-        assert!(inv.stats().iter().all(|s| s.error && s.refreshes_error == 1));
+        assert!(inv
+            .stats()
+            .iter()
+            .all(|s| s.error && s.refreshes_error == 1));
 
         std::fs::remove_file(&path).unwrap();
         assert!(load_initial(&cfg).await.is_err());
