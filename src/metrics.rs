@@ -1055,8 +1055,7 @@ mod tests {
                 // The inventory's own metrics are per account and region on purpose (the issue
                 // asks for its size and last refresh per account): the accounts are the ones the
                 // operator configured, a small fixed set, and no credential or address.
-                let inventory_account =
-                    name.starts_with("credwatch_inventory_") && k == "account";
+                let inventory_account = name.starts_with("credwatch_inventory_") && k == "account";
                 if FORBIDDEN_LABELS.contains(&k.as_str()) && !inventory_account {
                     p.push(format!(
                         "{sample}: label {k:?} could carry sensitive values"

@@ -180,6 +180,25 @@ fn the_inventory_explains_a_workloads_own_addresses_and_nothing_else() {
             vec![],
         ),
         (
+            "an instance not in the inventory yet, dual-stack: its first EC2 IPv4 is its own, a second is not",
+            vec![
+                Ev::ec2("ASIANEW0000000000001", "i-0new0000000000001", INST_V6, T0),
+                Ev::ec2("ASIANEW0000000000001", "i-0new0000000000001", "54.160.77.77", T0 + 60),
+                Ev::ec2("ASIANEW0000000000001", "i-0new0000000000001", "54.210.7.7", T0 + 120),
+            ],
+            vec![(reuse.clone(), "54.160.77.77".into()), (reuse.clone(), "54.210.7.7".into())],
+            vec![(reuse.clone(), "54.210.7.7".into())],
+        ),
+        (
+            "an instance not in the inventory yet behind its account's NAT: no IPv4 is taken as its own",
+            vec![
+                Ev::ec2("ASIANEW0000000000002", "i-0new0000000000002", NAT_IP, T0),
+                Ev::ec2("ASIANEW0000000000002", "i-0new0000000000002", "54.210.7.7", T0 + 60),
+            ],
+            vec![(reuse.clone(), "54.210.7.7".into())],
+            vec![(reuse.clone(), "54.210.7.7".into())],
+        ),
+        (
             "the network account's shared VPC endpoint",
             vec![
                 ec2(INST_IP, T0),

@@ -979,3 +979,157 @@ fn log_tail(path: &Path) -> String {
     let start = text.len().saturating_sub(4000);
     text.get(start..).unwrap_or(&text).to_string()
 }
+
+// ---- the inventory against a generated workload -------------------------------------------
+
+/// moto's SDK configuration acting in `account` (AssumeRole into any role of it works there).
+async fn moto_account(moto: &MotoServer, account: &str) -> aws_config::SdkConfig {
+    let sts = aws_sdk_sts::Client::new(&moto.sdk_config().await);
+    let c = sts
+        .assume_role()
+        .role_arn(format!("arn:aws:iam::{account}:role/setup"))
+        .role_session_name("setup")
+        .send()
+        .await
+        .expect("AssumeRole")
+        .credentials()
+        .cloned()
+        .expect("credentials");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(moto.endpoint())
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "setup",
+        ))
+        .load()
+        .await
+}
+
+/// A VPC (with an Amazon-provided IPv6 block when `ipv6`) and a VPC endpoint in it.
+async fn vpc_with_endpoint(conf: &aws_config::SdkConfig, ipv6: bool) {
+    let ec2 = aws_sdk_ec2::Client::new(conf);
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("10.20.0.0/16")
+        .amazon_provided_ipv6_cidr_block(ipv6)
+        .send()
+        .await
+        .expect("CreateVpc");
+    let vpc_id = vpc
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("vpc id")
+        .to_string();
+    ec2.create_vpc_endpoint()
+        .vpc_id(&vpc_id)
+        .service_name("com.amazonaws.us-east-1.s3")
+        .send()
+        .await
+        .expect("CreateVpcEndpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_inventory_of_the_organisation_the_default_config_scores_one() {
+    use credwatch::workload::generate::ORGANIZATION;
+    // The organisation's accounts in moto: the two workload accounts with a dual-stack VPC and
+    // an endpoint each, the network account with the shared endpoint.
+    let moto = MotoServer::start();
+    for (i, acct) in ORGANIZATION.iter().enumerate() {
+        let conf = moto_account(&moto, acct).await;
+        vpc_with_endpoint(&conf, i < 2).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let roles: Vec<String> = ORGANIZATION
+        .iter()
+        .map(|a| format!("\"arn:aws:iam::{a}:role/credwatch-inventory\""))
+        .collect();
+    let inv_cfg = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inv_cfg,
+        format!(
+            "[inventory]\nown_account = false\nrole_arns = [{}]\nregions = [\"us-east-1\"]\nendpoint_url = \"{}\"\n",
+            roles.join(", "),
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_credwatch"));
+    let o = cmd
+        .args(["inventory", "--format", "json", "--config"])
+        .arg(&inv_cfg)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    let inv_json = ok(&o, "inventory");
+    let inv_path = dir.path().join("inventory.json");
+    std::fs::write(&inv_path, &inv_json).unwrap();
+
+    // The seed-11 workload on those networks; with the default config plus the inventory.
+    let work = dir.path().join("w");
+    let o = credwatch(&[
+        "generate",
+        "--out",
+        work.to_str().unwrap(),
+        "--seed",
+        "11",
+        "--network-from",
+        inv_path.to_str().unwrap(),
+    ]);
+    ok(&o, "generate --network-from");
+    let logs = work.join("AWSLogs");
+    let default_out = ok(
+        &credwatch(&["hunt", "--output", "json", logs.to_str().unwrap()]),
+        "hunt (default config)",
+    );
+    let default_findings = dir.path().join("default.jsonl");
+    std::fs::write(&default_findings, default_out).unwrap();
+    let truth = work.join("truth.json");
+    let (default_report, ds) = score_cli(&truth, &default_findings, None);
+    assert!(ds["precision"].as_f64().unwrap() < 1.0, "{default_report}");
+
+    let cfg = dir.path().join("with-inventory.toml");
+    std::fs::write(
+        &cfg,
+        format!("[inventory]\nfile = \"{}\"\n", inv_path.display()),
+    )
+    .unwrap();
+    let out = ok(
+        &credwatch(&[
+            "hunt",
+            "--output",
+            "json",
+            "--config",
+            cfg.to_str().unwrap(),
+            logs.to_str().unwrap(),
+        ]),
+        "hunt (default config and the inventory)",
+    );
+    let findings = dir.path().join("inventory.jsonl");
+    std::fs::write(&findings, &out).unwrap();
+    let (report, s) = score_cli(&truth, &findings, None);
+    eprintln!("default config:\n{default_report}\nwith the inventory:\n{report}");
+    assert_eq!(
+        last_line(&report),
+        "precision=1.000 recall=1.000",
+        "{report}"
+    );
+    assert_eq!(s["false_positives"], 0, "{report}");
+    // The stolen instance keys used from outside AWS are also caught on the single event.
+    let outside: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|f| f["rule"] == "workload_credentials_outside_aws")
+        .collect();
+    assert!(!outside.is_empty(), "{report}");
+    for f in &outside {
+        assert_eq!(f["events"][0]["place"], "outside_aws", "{f}");
+    }
+}

@@ -180,9 +180,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = metrics
         .knowledge
         .set((knowledge.placement.clone(), knowledge.inventory.clone()));
-    metrics
-        .ranges_max_age_days
-        .store(cfg.placement.max_age_days, std::sync::atomic::Ordering::Relaxed);
+    metrics.ranges_max_age_days.store(
+        cfg.placement.max_age_days,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let shared_backend = cfg.coordination.backend == Backend::Dynamodb;
     let (engine, coordination, positions, findings_offset, inherited) = if shared_backend {
         // Positions live in the lease items and sessions in the state table: no local

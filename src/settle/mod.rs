@@ -444,6 +444,7 @@ impl Engine {
         };
         let lambda = home.tag == HomeTag::LambdaRuntime;
         let mut restarts_used: Vec<i64> = Vec::new();
+        let mut dual_stack_used = false;
         for s in order.iter().filter(|s| s.value != home.value) {
             let later = s.time.max(home.time);
             if !is_final(s, later) {
@@ -456,7 +457,7 @@ impl Engine {
             let verdict = if lambda {
                 Verdict::Finding
             } else {
-                self.verdict(c, &home, s, &mut restarts_used)
+                self.verdict(c, &home, s, &mut restarts_used, &mut dual_stack_used)
             };
             if c.decided.contains(&s.value) {
                 continue;
@@ -498,6 +499,7 @@ impl Engine {
         home: &Sighting,
         s: &Sighting,
         restarts_used: &mut Vec<i64>,
+        dual_stack_used: &mut bool,
     ) -> Verdict {
         if let Some(owner) = self.own_owner(c, s) {
             return Verdict::Explained(
@@ -508,6 +510,19 @@ impl Engine {
         let Some(instance) = c.instance_id.as_deref() else {
             return Verdict::Finding;
         };
+        // A dual-stack instance the inventory does not know yet (launched since the last
+        // refresh): at home in its VPC's IPv6 block, its first IPv4 origin in EC2's ranges is
+        // its own public address, which the next refresh will list.
+        if !*dual_stack_used && self.dual_stack_partner(c, home, s) {
+            *dual_stack_used = true;
+            return Verdict::Explained(
+                Some(Explanation::Inventory),
+                format!(
+                    "{instance} is not in the inventory yet and is at home in its VPC's IPv6 block ({}): its first IPv4 origin in AWS's EC2 ranges ({}) is taken as its public address",
+                    home.evidence.origin, s.evidence.origin
+                ),
+            );
+        }
         if let Ok(addr) = s.evidence.origin.parse::<IpAddr>() {
             if let Some(call) = self.instances.credit_for(instance, addr, s.time) {
                 return Verdict::Explained(
@@ -757,17 +772,39 @@ impl Engine {
                     .is_ok_and(|a| self.instances.credit_for(i, a, s.time).is_some())
             })
         };
-        c.sightings
+        if let Some(runtime) = c
+            .sightings
             .iter()
             .filter(|s| s.tag == HomeTag::LambdaRuntime)
             .min_by(order)
-            .or_else(|| {
-                c.sightings
-                    .iter()
-                    .filter(|s| self.own_owner(c, s).is_some())
-                    .min_by(order)
-            })
-            .or_else(|| c.sightings.iter().filter(|s| !credited(s)).min_by(order))
+        {
+            return Some(runtime);
+        }
+        let earliest = c.sightings.iter().filter(|s| !credited(s)).min_by(order);
+        let own = || {
+            c.sightings
+                .iter()
+                .filter(|s| self.own_owner(c, s).is_some())
+                .min_by(order)
+        };
+        // The workload's own address is its home when the inventory knows the instance (then
+        // it knows every address of it), or when the earliest origin is outside AWS (a thief
+        // who called first). Otherwise the earliest origin is the home: an instance launched
+        // since the last refresh calls from an AWS address the inventory cannot know yet.
+        let knows_instance = self.inventory_on()
+            && c.instance_id
+                .as_deref()
+                .is_some_and(|i| self.inventory.snapshot().instance(i).is_some());
+        let earliest_outside = earliest.is_some_and(|s| {
+            self.place_of_sighting(c, s)
+                .is_some_and(|p| p.is_outside_aws())
+        });
+        if knows_instance || earliest_outside {
+            if let Some(o) = own() {
+                return Some(o);
+            }
+        }
+        earliest
     }
 
     /// The session a contest is of, for placing its origins.
@@ -782,6 +819,30 @@ impl Engine {
     fn place_of_sighting(&self, c: &Contest, s: &Sighting) -> Option<Place> {
         let addr = s.evidence.origin.parse::<IpAddr>().ok()?;
         Some(self.place_of(addr, self.workload_of(c)))
+    }
+
+    /// Whether `s` may be the public IPv4 of a dual-stack instance that the inventory does not
+    /// know yet, whose home `home` is in its VPC's IPv6 block.
+    fn dual_stack_partner(&self, c: &Contest, home: &Sighting, s: &Sighting) -> bool {
+        let Some(instance) = c.instance_id.as_deref() else {
+            return false;
+        };
+        if !self.inventory_on() || self.inventory.snapshot().instance(instance).is_some() {
+            return false;
+        }
+        let home_v6_own = home
+            .evidence
+            .origin
+            .parse::<IpAddr>()
+            .is_ok_and(|a| a.is_ipv6())
+            && self.own_owner(c, home).is_some();
+        let ec2_v4 = s
+            .evidence
+            .origin
+            .parse::<IpAddr>()
+            .is_ok_and(|a| a.is_ipv4())
+            && matches!(self.place_of_sighting(c, s), Some(Place::Aws(r)) if r.service == "EC2");
+        home_v6_own && ec2_v4
     }
 
     /// The inventory's resource when a sighting's address is this workload's own.
