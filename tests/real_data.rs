@@ -186,6 +186,16 @@ fn verdicts_agree_with_panthers_labelled_tests() {
         ),
         ("aws_iam_create_user.yml", "create_user", &[]),
         (
+            "aws_imds_credential_exfiltration.yml",
+            "workload_credentials_outside_aws",
+            &[
+                (
+                    "IMDS Credentials Used From Amazon.com ASN Source IP",
+                    "52.42.146.205 is in AWS's EC2 ranges (us-west-2): another account's instance, judged by session_token_reuse against the session's home (GuardDuty's InsideAWS), not by the outside-AWS rule",
+                ),
+            ],
+        ),
+        (
             "aws_ec2_security_group_modified.yml",
             "security_group_open_to_world",
             &[(

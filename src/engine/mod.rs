@@ -292,7 +292,9 @@ impl Engine {
         let ev = CloudTrailEvent::parse(json)?;
         let (out, t) = self.process_timed(&ev, pos)?;
         if let Some(a) = &self.authority {
-            let shared = instances::is_relevant(ev.event_name()) || issuance::is_candidate(&ev);
+            let shared = instances::is_relevant(ev.event_name())
+                || issuance::is_candidate(&ev)
+                || crate::inventory::observe::observes(ev.event_name());
             if shared && ev.succeeded() {
                 if let Err(e) = a.publish_control(json) {
                     self.stats.authority_errors.fetch_add(1, Relaxed);
@@ -322,6 +324,9 @@ impl Engine {
                 if let Ok(t) = ev.time_secs() {
                     self.instances.observe(&ev, t);
                     self.issuance.observe(&ev, t);
+                    if self.inventory_on() {
+                        self.inventory.observe(&ev);
+                    }
                 }
             }
         }
@@ -354,6 +359,9 @@ impl Engine {
         let mut out = Vec::new();
         if instances::is_relevant(ev.event_name()) {
             self.instances.observe(ev, t);
+        }
+        if self.inventory_on() && crate::inventory::observe::observes(ev.event_name()) {
+            self.inventory.observe(ev);
         }
         if issuance::is_candidate(ev) {
             if let Some((key, issued)) = self.issuance.observe(ev, t) {

@@ -33,6 +33,7 @@
 pub mod cli;
 pub mod fetch;
 pub mod model;
+pub mod observe;
 
 use std::collections::HashMap;
 use std::path::Path;
