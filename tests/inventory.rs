@@ -767,3 +767,127 @@ fn the_inventory_command_without_an_inventory_names_the_option() {
     drop(rt);
     assert_eq!(inventory::cli::cli(args), inventory::cli::EXIT_ERROR);
 }
+
+/// The engine with the inventory read from moto: each resource explains the workload's use of
+/// its address (or endpoint), and another workload's address stays a finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_explains_each_resource_read_from_ec2() {
+    use credwatch::engine::{Engine, Position};
+    use credwatch::settle::SettleAt;
+    use support::events::{Ev, T0};
+
+    let moto = MotoServer::start();
+    let own_ec2 = ec2(&moto.sdk_config().await);
+    let m = populate(&own_ec2).await;
+    // An Elastic IP allocated before the stream begins; the stream associates it.
+    let late = own_ec2
+        .allocate_address()
+        .domain(DomainType::Vpc)
+        .send()
+        .await
+        .expect("AllocateAddress");
+    let late_alloc = late.allocation_id().expect("allocation id").to_string();
+    let late_ip = late.public_ip().expect("public ip").to_string();
+    // A second account's endpoint (a network account's shared one).
+    let other_ec2 = ec2(&in_account(&moto, OTHER_ACCOUNT).await);
+    let other_vpc = new_vpc(&other_ec2, "10.9.0.0/16", false).await;
+    let shared = endpoint_in(&other_ec2, other_vpc.vpc_id().expect("vpc id")).await;
+
+    let cfg = inventory_config(&[OTHER_ACCOUNT], &[REGION]);
+    let inv = Arc::new(inventory::load_with(fetcher(moto.sdk_config().await, &cfg).await).await);
+
+    let call = |key: &str, instance: &str, ip: &str, t: i64| {
+        Ev::ec2(key, instance, ip, t).set(
+            "userIdentity",
+            serde_json::json!({
+                "type": "AssumedRole",
+                "arn": format!("arn:aws:sts::{ACCOUNT_ID}:assumed-role/app-role/{instance}"),
+                "accountId": ACCOUNT_ID,
+                "accessKeyId": key,
+                "sessionContext": {"ec2RoleDelivery": "2.0"}
+            }),
+        )
+    };
+    let (a, b) = ("ASIAINSTANCEA0000001", "ASIAINSTANCEB0000001");
+    let events = vec![
+        // The instance with the Elastic IP: its EIP, its IPv6 address, its VPC's NAT gateway,
+        // and the network account's endpoint.
+        call(a, &m.with_eip, &m.eip.to_string(), T0),
+        call(a, &m.with_eip, &m.with_eip_v6.to_string(), T0 + 10),
+        call(a, &m.with_eip, &m.nat_public.to_string(), T0 + 20),
+        call(a, &m.with_eip, &m.with_eip_private.to_string(), T0 + 25)
+            .set("vpcEndpointId", serde_json::json!(shared))
+            .set("vpcEndpointAccountId", serde_json::json!(OTHER_ACCOUNT)),
+        // The other instance: its own address, then the late Elastic IP once associated.
+        call(b, &m.public, &m.public_ip.to_string(), T0),
+        Ev::associate_allocation(&late_alloc, &m.public, T0 + 30),
+        call(b, &m.public, &late_ip, T0 + 60),
+        // The other instance from the first one's Elastic IP: ours, not this workload's.
+        call(b, &m.public, &m.eip.to_string(), T0 + 90),
+    ];
+    let judge = |with: bool| {
+        let mut engine = Engine::new(&credwatch::config::Config::default());
+        if with {
+            engine = engine.with_inventory(inv.clone());
+        }
+        let mut out = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            out.extend(
+                engine
+                    .process_json(
+                        &e.text(),
+                        Position {
+                            prefix: "t",
+                            index: i,
+                        },
+                    )
+                    .unwrap(),
+            );
+        }
+        out.extend(engine.settle(SettleAt::END));
+        let mut got: Vec<(String, String)> = out
+            .iter()
+            .map(|f| {
+                (
+                    f.rule.clone(),
+                    f.suspicious_origin.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        got.sort();
+        (got, out)
+    };
+    let (with, findings) = judge(true);
+    assert_eq!(
+        with,
+        [("session_token_reuse".to_string(), m.eip.to_string())],
+        "only the pivot is left: {findings:#?}"
+    );
+    let pivot = &findings[0];
+    assert_eq!(pivot.events[1].place.as_deref(), Some("ours_other"));
+    assert!(
+        pivot.events[1]
+            .place_detail
+            .as_deref()
+            .is_some_and(|d| d.contains(&m.allocation) || d.contains(&m.with_eip)),
+        "{pivot:#?}"
+    );
+    let (without, _) = judge(false);
+    for origin in [
+        m.with_eip_v6.to_string(),
+        m.nat_public.to_string(),
+        late_ip.clone(),
+        m.eip.to_string(),
+    ] {
+        assert!(
+            without
+                .iter()
+                .any(|(r, o)| r == "session_token_reuse" && *o == origin),
+            "without the inventory {origin} is a second origin: {without:?}"
+        );
+    }
+    assert!(
+        without.iter().any(|(r, _)| r == "foreign_vpc_endpoint"),
+        "without the inventory the network account's endpoint is foreign: {without:?}"
+    );
+}

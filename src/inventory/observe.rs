@@ -151,7 +151,15 @@ mod tests {
             r#"{"CreateVpcEndpointResponse":{"vpcEndpoint":{"vpcEndpointId":"vpce-0new","vpcId":"vpc-1","serviceName":"com.amazonaws.us-east-1.s3"}}}"#,
         );
         assert!(i.observe(&CloudTrailEvent::parse(&e).unwrap()));
-        assert_eq!(i.snapshot().endpoint("vpce-0new").unwrap().0.vpc_id.as_deref(), Some("vpc-1"));
+        assert_eq!(
+            i.snapshot()
+                .endpoint("vpce-0new")
+                .unwrap()
+                .0
+                .vpc_id
+                .as_deref(),
+            Some("vpc-1")
+        );
         let n = event(
             "CreateNatGateway",
             "111122223333",
@@ -168,8 +176,10 @@ mod tests {
         let resp = r#"{"vpcEndpoint":{"vpcEndpointId":"vpce-0x"}}"#;
         let e = event("CreateVpcEndpoint", "999999999999", resp);
         assert!(!i.observe(&CloudTrailEvent::parse(&e).unwrap()));
-        let failed = event("CreateVpcEndpoint", "111122223333", resp)
-            .replace("\"eventName\"", "\"errorCode\":\"UnauthorizedOperation\",\"eventName\"");
+        let failed = event("CreateVpcEndpoint", "111122223333", resp).replace(
+            "\"eventName\"",
+            "\"errorCode\":\"UnauthorizedOperation\",\"eventName\"",
+        );
         assert!(!i.observe(&CloudTrailEvent::parse(&failed).unwrap()));
         assert!(i.snapshot().endpoint("vpce-0x").is_none());
     }
