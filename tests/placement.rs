@@ -100,9 +100,9 @@ fn reference() -> (Vec<Entry<u32>>, Vec<Entry<u128>>) {
     (v4, v6)
 }
 
-fn within<A: Copy>(rng: &mut StdRng, e: &Entry<A>) -> A
+fn within<A>(rng: &mut StdRng, e: &Entry<A>) -> A
 where
-    A: rand::distr::uniform::SampleUniform + PartialOrd,
+    A: Copy + rand::distr::uniform::SampleUniform + PartialOrd,
 {
     rng.random_range(e.start..=e.end)
 }

@@ -264,15 +264,16 @@ impl Placement {
     }
 
     /// Runs [`Placement::refresh_once`] every `refresh_secs` (the first one `refresh_secs` after
-    /// the call), forever; spawn it. With nothing to refresh from, it still warns each period
-    /// while the ranges in use are stale.
+    /// the call), forever; spawn it. When a period loads nothing new (nothing to refresh from,
+    /// the file unchanged, or a failure) it still warns while the ranges in use are stale.
     pub async fn refresh_loop(self: Arc<Self>, cfg: PlacementConfig) {
         let period = Duration::from_secs(cfg.refresh_secs.max(1));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Ok(Refresh::Off) = self.refresh_once(&cfg).await {
+            // A load has already warned if the new ranges are stale.
+            if !matches!(self.refresh_once(&cfg).await, Ok(Refresh::Loaded)) {
                 self.warn_if_stale(cfg.max_age_days);
             }
         }

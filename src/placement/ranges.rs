@@ -345,9 +345,9 @@ impl Names {
         if let Some(&id) = self.ids.get(s) {
             return Ok(id);
         }
-        if s.is_empty() || s.len() > MAX_NAME_BYTES {
+        if s.len() > MAX_NAME_BYTES {
             return Err(format!(
-                "{field} {s:?} is empty or longer than {MAX_NAME_BYTES} bytes"
+                "{field} {s:?} is longer than {MAX_NAME_BYTES} bytes"
             ));
         }
         if self.list.len() >= MAX_NAMES {
@@ -726,8 +726,36 @@ mod tests {
             m.contains(r#"ipv6_prefixes[0].ipv6_prefix "3.0.0.0/8" is not an IPv6 prefix"#),
             "{m}"
         );
-        let m = e(&file(&[("3.0.0.0/8", "", "r")], &[]));
-        assert!(m.contains("prefixes[0]: service \"\" is empty"), "{m}");
+        let long = "X".repeat(65);
+        let m = e(&file(&[("3.0.0.0/8", &long, "r")], &[]));
+        assert!(
+            m.contains(&format!(
+                "prefixes[0]: service \"{long}\" is longer than 64 bytes"
+            )),
+            "{m}"
+        );
+        // 600 services and 600 regions.
+        let many: Vec<(String, String, String)> = (0..600)
+            .map(|i| {
+                (
+                    format!("{}.0.0.0/8", i % 200),
+                    format!("S{i}"),
+                    format!("r{i}"),
+                )
+            })
+            .collect();
+        let spec: Vec<(&str, &str, &str)> = many
+            .iter()
+            .map(|(p, s, r)| (p.as_str(), s.as_str(), r.as_str()))
+            .collect();
+        let m = e(&file(&spec, &[]));
+        assert!(
+            m.contains("more than 1024 distinct service and region names"),
+            "{m}"
+        );
+        // An empty name is odd but harmless.
+        let r = ranges(&[("3.0.0.0/8", "EC2", "")], &[]);
+        assert_eq!(at(&r, "3.0.0.1").unwrap().2, "");
         let m = e(
             r#"{"createDate":"yesterday","prefixes":[{"ip_prefix":"3.0.0.0/8","region":"r","service":"S"}]}"#,
         );
