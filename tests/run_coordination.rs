@@ -17,8 +17,8 @@ use support::prometheus::free_port;
 use support::run::{envelope, http_get, sessions, Nets, Run, Session, State, RULE};
 
 const NETS: Nets = Nets {
-    home: "54.30",
-    evil: "203.0.115",
+    home: "54.172",
+    evil: "54.224.9",
 };
 /// Short leases keep the test quick; the worker renews every third of it.
 const LEASE_SECS: u64 = 3;

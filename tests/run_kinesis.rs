@@ -22,8 +22,8 @@ use support::run::{
 
 /// Where this file's sessions come from.
 const NETS: Nets = Nets {
-    home: "54.10",
-    evil: "203.0.113",
+    home: "54.160",
+    evil: "54.210.7",
 };
 
 // ---- events --------------------------------------------------------------------------------

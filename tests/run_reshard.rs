@@ -24,8 +24,8 @@ const MIDDLE: u128 = 1 << 127;
 
 /// Where this file's sessions come from.
 const NETS: Nets = Nets {
-    home: "54.20",
-    evil: "198.51.100",
+    home: "54.164",
+    evil: "3.90.5",
 };
 /// The log stream of every envelope.
 const LOG_STREAM: &str = "i-0abc-logs";

@@ -39,7 +39,9 @@ pub fn now_ms() -> i64 {
 }
 
 /// Where a test's sessions come from: `home` is the first two octets of the instances'
-/// addresses, `evil` the first three of the attackers'.
+/// addresses, `evil` the first three of the attackers'. Both in AWS's EC2 ranges (the attacker
+/// is another account's instance), so that these tests see `session_token_reuse` alone (an
+/// address outside AWS would also be `workload_credentials_outside_aws`).
 #[derive(Clone, Copy)]
 pub struct Nets {
     pub home: &'static str,
