@@ -809,7 +809,7 @@ async fn the_engine_explains_each_resource_read_from_ec2() {
         )
     };
     let (a, b) = ("ASIAINSTANCEA0000001", "ASIAINSTANCEB0000001");
-    let events = vec![
+    let events = [
         // The instance with the Elastic IP: its EIP, its IPv6 address, its VPC's NAT gateway,
         // and the network account's endpoint.
         call(a, &m.with_eip, &m.eip.to_string(), T0),
