@@ -317,3 +317,48 @@ fn the_redacted_single_event_is_read_with_opaque_values() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(opaque, 1);
 }
+
+/// What the outside-AWS rule and placement report on the real recordings. Their addresses were
+/// anonymised (rewritten, some into invalid forms such as `075.050.255.67`), so the places are
+/// those of the rewritten addresses, not of the real callers: the test pins what credwatch does
+/// with them, not a fact about the original incidents.
+#[test]
+fn placement_and_the_outside_aws_rule_on_the_real_recordings() {
+    use credwatch::engine::PlaceKind;
+    use std::sync::atomic::Ordering::Relaxed;
+    // Stratus: the stolen instance credential's only origin, 18.236.253.47, is in EC2's
+    // us-west-2 ranges (another account's instance, as GuardDuty's InsideAWS): not outside AWS,
+    // and with only the attacker's events there is no second origin either.
+    let steal = data("stratus-detonation-logs/docs/detonation-logs/aws.credential-access.ec2-steal-instance-credentials.json");
+    let (findings, _, engine) = hunt(&[steal], &Config::default());
+    assert!(findings.iter().all(|f| f.rule != "workload_credentials_outside_aws"));
+    let r = engine
+        .placement
+        .lookup("18.236.253.47".parse().unwrap())
+        .expect("in AWS");
+    assert_eq!((r.service, r.region), ("EC2", "us-west-2"));
+
+    // Events by place (outside_aws, aws, ours, private, not_an_address). Stratus: 107 values
+    // are not valid addresses (the anonymiser's leading zeros) and most rewritten ones fall
+    // outside AWS; 45 are in AWS's ranges. The lab: the operator's two addresses in
+    // 212.129.0.0/16 are outside AWS (an IAM user's calls: not a workload's credential), the
+    // Resource Explorer churn has a service name as its origin.
+    for (set, places) in [
+        ("stratus-detonation-logs", [158, 45, 0, 0, 107]),
+        ("maheribra-attack-chain-lab", [24, 1, 0, 0, 665]),
+    ] {
+        let (findings, summary, engine) = hunt(&[data(set)], &Config::default());
+        assert_eq!(
+            findings
+                .iter()
+                .filter(|f| f.rule == "workload_credentials_outside_aws")
+                .count(),
+            0,
+            "{set}: no workload credential is used from outside AWS"
+        );
+        let by = |k: PlaceKind| engine.stats.by_place[k.index()].load(Relaxed);
+        let total: u64 = PlaceKind::ALL.iter().map(|k| by(*k)).sum();
+        assert_eq!(total, summary.events as u64, "{set}: every event is counted once by place");
+        assert_eq!(PlaceKind::ALL.map(by), places, "{set}");
+    }
+}
