@@ -772,8 +772,7 @@ fn the_inventory_command_without_an_inventory_names_the_option() {
 /// its address (or endpoint), and another workload's address stays a finding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_explains_each_resource_read_from_ec2() {
-    use credwatch::engine::{Engine, Position};
-    use credwatch::settle::SettleAt;
+    use credwatch::engine::Engine;
     use support::events::{Ev, T0};
 
     let moto = MotoServer::start();
@@ -830,21 +829,7 @@ async fn the_engine_explains_each_resource_read_from_ec2() {
         if with {
             engine = engine.with_inventory(inv.clone());
         }
-        let mut out = Vec::new();
-        for (i, e) in events.iter().enumerate() {
-            out.extend(
-                engine
-                    .process_json(
-                        &e.text(),
-                        Position {
-                            prefix: "t",
-                            index: i,
-                        },
-                    )
-                    .unwrap(),
-            );
-        }
-        out.extend(engine.settle(SettleAt::END));
+        let out = support::events::judge_with(&engine, &events);
         let mut got: Vec<(String, String)> = out
             .iter()
             .map(|f| {

@@ -11,10 +11,8 @@ mod support;
 use std::collections::BTreeSet;
 
 use credwatch::config::Config;
-use credwatch::engine::{Engine, Position};
-use credwatch::finding::Finding;
-use credwatch::settle::SettleAt;
-use support::events::{Ev, T0};
+use credwatch::engine::Engine;
+use support::events::{judge_with, Ev, T0};
 
 const INST: &str = "i-0abc1234def567890";
 /// The instance's own address (EC2, us-east-1).
@@ -34,22 +32,7 @@ const THIEF_UA: &str = "aws-cli/2.15.0 Python/3.11";
 type Seen = BTreeSet<(String, String, String)>;
 
 fn judge(events: &[Ev]) -> Seen {
-    let engine = Engine::new(&Config::default());
-    let mut out: Vec<Finding> = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        out.extend(
-            engine
-                .process_json(
-                    &e.text(),
-                    Position {
-                        prefix: "t",
-                        index: i,
-                    },
-                )
-                .expect("event parses"),
-        );
-    }
-    out.extend(engine.settle(SettleAt::END));
+    let out = judge_with(&Engine::new(&Config::default()), events);
     out.iter()
         .map(|f| {
             (

@@ -13,9 +13,8 @@ use credwatch::inventory::model::{
     AccountRegion, ElasticIpRec, EndpointRec, InstanceRec, NatGatewayRec, NetworkRec,
 };
 use credwatch::inventory::{Inventory, InventorySnapshot};
-use credwatch::settle::SettleAt;
 use serde_json::json;
-use support::events::{Ev, ACCT, T0};
+use support::events::{judge_with, Ev, ACCT, T0};
 
 const INST: &str = "i-0abc1234def567890";
 const OTHER_INST: &str = "i-0fff1234def567890";
@@ -91,21 +90,7 @@ fn judge(events: &[Ev], with_inventory: bool) -> Vec<Finding> {
     if with_inventory {
         engine = engine.with_inventory(Arc::new(Inventory::new(inventory())));
     }
-    let mut out = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        out.extend(
-            engine
-                .process_json(
-                    &e.text(),
-                    Position {
-                        prefix: "t",
-                        index: i,
-                    },
-                )
-                .unwrap(),
-        );
-    }
-    out.extend(engine.settle(SettleAt::END));
+    let mut out = judge_with(&engine, events);
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
 }

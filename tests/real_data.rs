@@ -331,7 +331,9 @@ fn placement_and_the_outside_aws_rule_on_the_real_recordings() {
     // and with only the attacker's events there is no second origin either.
     let steal = data("stratus-detonation-logs/docs/detonation-logs/aws.credential-access.ec2-steal-instance-credentials.json");
     let (findings, _, engine) = hunt(&[steal], &Config::default());
-    assert!(findings.iter().all(|f| f.rule != "workload_credentials_outside_aws"));
+    assert!(findings
+        .iter()
+        .all(|f| f.rule != "workload_credentials_outside_aws"));
     let r = engine
         .placement
         .lookup("18.236.253.47".parse().unwrap())
@@ -358,7 +360,10 @@ fn placement_and_the_outside_aws_rule_on_the_real_recordings() {
         );
         let by = |k: PlaceKind| engine.stats.by_place[k.index()].load(Relaxed);
         let total: u64 = PlaceKind::ALL.iter().map(|k| by(*k)).sum();
-        assert_eq!(total, summary.events as u64, "{set}: every event is counted once by place");
+        assert_eq!(
+            total, summary.events as u64,
+            "{set}: every event is counted once by place"
+        );
         assert_eq!(PlaceKind::ALL.map(by), places, "{set}");
     }
 }

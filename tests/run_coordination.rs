@@ -779,7 +779,7 @@ async fn a_credit_read_by_one_worker_explains_a_use_the_other_read_first() {
     let (shard1, shard2) = (owners["w1"][0].clone(), owners["w2"][0].clone());
     let ss = sessions("coord-credit", 2, NETS);
     let (moved, stolen) = (&ss[0], &ss[1]);
-    let eip = "54.99.0.1";
+    let eip = "54.161.99.1";
     // Worker 2 reads the instance's calls first: its home, then a call from the Elastic IP.
     put_to_shards(
         &moto,

@@ -7,27 +7,11 @@ use credwatch::engine::{Engine, Position};
 use credwatch::finding::{Finding, Severity};
 use credwatch::settle::SettleAt;
 use serde_json::{json, Value};
-use support::events::{time, Ev, ACCT, T0};
+use support::events::{judge_with, time, Ev, ACCT, T0};
 
 fn run_with(cfg: &Config, events: &[Ev]) -> Vec<Finding> {
-    let engine = Engine::new(cfg);
-    let mut out = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        out.extend(
-            engine
-                .process_json(
-                    &e.text(),
-                    Position {
-                        prefix: "test",
-                        index: i,
-                    },
-                )
-                .expect("event parses"),
-        );
-    }
-    // Everything has arrived: the contested sessions settle.
-    out.extend(engine.settle(SettleAt::END));
-    out
+    // Everything has arrived at the end: the contested sessions settle.
+    judge_with(&Engine::new(cfg), events)
 }
 
 fn run(events: &[Ev]) -> Vec<Finding> {

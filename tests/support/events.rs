@@ -8,6 +8,30 @@ use serde_json::{json, Value};
 pub const ACCT: &str = "111122223333";
 pub const T0: i64 = 1_722_587_000; // 2024-08-02T08:23:20Z
 
+/// The findings `engine` gives for `events` read in this order, everything settled at the end
+/// (as `hunt` does).
+pub fn judge_with(
+    engine: &credwatch::engine::Engine,
+    events: &[Ev],
+) -> Vec<credwatch::finding::Finding> {
+    let mut out = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        out.extend(
+            engine
+                .process_json(
+                    &e.text(),
+                    credwatch::engine::Position {
+                        prefix: "test",
+                        index: i,
+                    },
+                )
+                .expect("event parses"),
+        );
+    }
+    out.extend(engine.settle(credwatch::settle::SettleAt::END));
+    out
+}
+
 pub fn time(t: i64) -> String {
     credwatch::event::format_time(t)
 }
