@@ -361,7 +361,7 @@ fn placement_and_the_outside_aws_rule_on_the_real_recordings() {
         let by = |k: PlaceKind| engine.stats.by_place[k.index()].load(Relaxed);
         let total: u64 = PlaceKind::ALL.iter().map(|k| by(*k)).sum();
         assert_eq!(
-            total, summary.events as u64,
+            total, summary.events,
             "{set}: every event is counted once by place"
         );
         assert_eq!(PlaceKind::ALL.map(by), places, "{set}");
