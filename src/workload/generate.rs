@@ -649,7 +649,8 @@ impl Gen {
             .collect();
         let mut ipv6_nets: Vec<String> = (0..WORKLOAD_ACCOUNTS)
             .map(|_| {
-                let a = self.rng.below(0x10000) as u16;
+                // Within 2600:1f18::/33, EC2 us-east-1 in AWS's published ranges.
+                let a = self.rng.below(0x8000) as u16;
                 let b = (self.rng.below(0x100) as u16) << 8;
                 format!("{}/56", Ipv6Addr::new(0x2600, 0x1f18, a, b, 0, 0, 0, 0))
             })
