@@ -14,7 +14,7 @@
 //! book is order-free: an issuance read after the key's first use still classifies it when the
 //! use is judged (outside-AWS candidates wait for the watermark; contests too).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -148,6 +148,9 @@ pub struct IssuanceBook {
     pub evicted: AtomicU64,
     /// Issuance events read.
     pub seen: AtomicU64,
+    /// Whether any key was ever recorded (a flag, not `DashMap::is_empty`, which takes every
+    /// shard's lock: this is asked for every event).
+    any: AtomicBool,
 }
 
 impl IssuanceBook {
@@ -155,6 +158,7 @@ impl IssuanceBook {
     pub fn observe(&self, ev: &CloudTrailEvent<'_>, t: i64) -> Option<(String, Issued)> {
         let (key, issued) = issuance_of(ev, t)?;
         self.seen.fetch_add(1, Relaxed);
+        self.any.store(true, Relaxed);
         // The same key is issued once; a duplicate delivery keeps the earlier record.
         self.keys
             .entry(key.clone())
@@ -168,7 +172,15 @@ impl IssuanceBook {
     }
 
     pub fn get(&self, access_key_id: &str) -> Option<Issued> {
+        if !self.any.load(Relaxed) {
+            return None;
+        }
         self.keys.get(access_key_id).map(|e| e.clone())
+    }
+
+    /// Whether no key was ever recorded (cheap: asked for every event).
+    pub fn never_used(&self) -> bool {
+        !self.any.load(Relaxed)
     }
 
     pub fn len(&self) -> usize {
@@ -218,6 +230,9 @@ impl IssuanceBook {
     }
 
     pub fn restore(&self, entries: &[(String, Issued)]) {
+        if !entries.is_empty() {
+            self.any.store(true, Relaxed);
+        }
         for (k, v) in entries {
             self.keys.insert(k.clone(), v.clone());
         }

@@ -354,7 +354,12 @@ impl Engine {
         let origin = origin::classify(ev);
         self.stats.by_origin[origin.class().index()].fetch_add(1, Relaxed);
 
-        self.stats.by_place[self.place_kind(&origin).index()].fetch_add(1, Relaxed);
+        // One lookup in AWS's ranges per event with a public address, shared by what follows.
+        let in_aws = match &origin {
+            Origin::PublicIp(a) => Some(self.placement.lookup(*a).is_some()),
+            _ => None,
+        };
+        self.stats.by_place[self.place_kind(&origin, in_aws).index()].fetch_add(1, Relaxed);
 
         let mut out = Vec::new();
         if instances::is_relevant(ev.event_name()) {
@@ -370,7 +375,7 @@ impl Engine {
         }
         let mut cred = credential::classify(ev, &self.cfg.detection);
         if let Some(c) = cred.as_mut() {
-            if !self.issuance.is_empty() {
+            if !self.issuance.never_used() {
                 if let Some(i) = self.issuance.get(c.access_key_id) {
                     let guessed = matches!(
                         c.class,
@@ -389,7 +394,7 @@ impl Engine {
             // a thief who copied the function's environment sends the marker too.
             if c.lambda_runtime
                 && self
-                    .outside_aws(&origin, ev.account_id(), c.role, t)
+                    .outside_aws(&origin, in_aws, ev.account_id(), c.role, t)
                     .is_some()
             {
                 c.lambda_runtime = false;
@@ -401,7 +406,10 @@ impl Engine {
         };
         if let Some(c) = &cred {
             session_token_reuse::check(self, ev, c, &origin, t, &pos, &mut out);
-            crate::rules::workload_outside_aws::check(self, ev, c, &origin, t, &pos, &mut out);
+            let outside = self.outside_aws(&origin, in_aws, ev.account_id(), c.role, t);
+            crate::rules::workload_outside_aws::check(
+                self, ev, c, &origin, outside, t, &pos, &mut out,
+            );
         }
         event_rules::check(self, ev, cred.as_ref(), &origin, t, &pos, &mut out);
         for f in &mut out {
@@ -416,7 +424,7 @@ impl Engine {
     }
 
     /// The place of an address origin (for counting), without the session.
-    fn place_kind(&self, origin: &Origin<'_>) -> PlaceKind {
+    fn place_kind(&self, origin: &Origin<'_>, in_aws: Option<bool>) -> PlaceKind {
         let addr = match origin {
             Origin::PublicIp(a) | Origin::PrivateIp(a) => *a,
             _ => return PlaceKind::NotAnAddress,
@@ -424,12 +432,10 @@ impl Engine {
         if self.inventory_on() && !self.inventory.snapshot().owners(addr).is_empty() {
             return PlaceKind::Ours;
         }
-        if matches!(origin, Origin::PrivateIp(_)) {
-            return PlaceKind::Private;
-        }
-        match self.placement.lookup(addr) {
-            Some(_) => PlaceKind::Aws,
-            None => PlaceKind::OutsideAws,
+        match in_aws {
+            None => PlaceKind::Private,
+            Some(true) => PlaceKind::Aws,
+            Some(false) => PlaceKind::OutsideAws,
         }
     }
 
@@ -449,9 +455,11 @@ impl Engine {
     }
 
     /// The address of an origin outside AWS's ranges, not ours and not allowed, if it is one.
+    /// `in_aws`: whether AWS's ranges hold the origin's address (looked up once per event).
     pub(crate) fn outside_aws(
         &self,
         origin: &Origin<'_>,
+        in_aws: Option<bool>,
         account: Option<&str>,
         role: Option<&str>,
         t: i64,
@@ -459,16 +467,33 @@ impl Engine {
         let Origin::PublicIp(addr) = origin else {
             return None;
         };
-        if self.placement.lookup(*addr).is_some() {
+        if in_aws != Some(false) {
             return None;
         }
         if self.inventory_on() && !self.inventory.snapshot().owners(*addr).is_empty() {
             return None;
         }
-        if self.allow_check(Some(*addr), account, role, t).applied {
+        if self.allowed(*addr, account, role, t) {
             return None;
         }
         Some(*addr)
+    }
+
+    /// Whether an `[[allow]]` entry explains `addr` (what [`Engine::allow_check`] says,
+    /// without building its text).
+    pub(crate) fn allowed(
+        &self,
+        addr: IpAddr,
+        account: Option<&str>,
+        role: Option<&str>,
+        t: i64,
+    ) -> bool {
+        self.allow.iter().any(|e| {
+            e.net.contains(&addr)
+                && e.account.as_deref().is_none_or(|a| Some(a) == account)
+                && e.role.as_deref().is_none_or(|r| Some(r) == role)
+                && e.expires.is_none_or(|x| t <= x)
+        })
     }
 
     /// The ranges in use, in words, for evidence.

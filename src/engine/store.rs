@@ -649,6 +649,12 @@ impl SessionStore {
     }
 
     /// Marks a (rule, session, origin) as reported until `expires`; false if it already was.
+    /// Whether `dedup` was already reported (and not yet swept): a cheap look before building
+    /// a finding that [`SessionStore::mark_reported`] would suppress.
+    pub fn was_reported(&self, dedup: Key) -> bool {
+        self.reported.contains_key(&dedup)
+    }
+
     pub fn mark_reported(&self, dedup: Key, expires: i64) -> bool {
         use dashmap::mapref::entry::Entry;
         match self.reported.entry(dedup) {

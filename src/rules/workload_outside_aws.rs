@@ -46,28 +46,51 @@ pub struct Candidate {
     pub arrived: i64,
 }
 
-/// Checks one event. `cred.class` already reflects the key's issuance when that was read.
+/// Checks one event. `cred.class` already reflects the key's issuance when that was read;
+/// `outside` is the origin's address when it is outside AWS, not ours and not allowed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn check(
     e: &Engine,
     ev: &CloudTrailEvent<'_>,
     cred: &Credential<'_>,
     origin: &Origin<'_>,
+    outside: Option<IpAddr>,
     t: i64,
     pos: &Position<'_>,
     out: &mut Vec<Finding>,
 ) {
+    let Some(addr) = outside else {
+        return;
+    };
     if e.rules.get(RULE).is_none() {
         return;
     }
-    let Some(addr) = e.outside_aws(origin, ev.account_id(), cred.role, t) else {
-        return;
-    };
     let workload = cred.class.is_workload();
     let may_be_issued = matches!(
         cred.class,
         CredentialClass::AssumedRole | CredentialClass::Federated
     );
     if !workload && !may_be_issued {
+        return;
+    }
+    // Cheap looks first: most such calls repeat a (session, address) already reported or held.
+    let addr_text = addr.to_string();
+    if workload {
+        let dedup = key_of_parts(&[
+            RULE.as_bytes(),
+            cred.session_key.as_bytes(),
+            addr_text.as_bytes(),
+        ]);
+        if e.store.was_reported(dedup) {
+            e.stats
+                .suppressed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    } else if e
+        .pending
+        .holds_outside_before(cred.access_key_id, &addr_text, t)
+    {
         return;
     }
     let expires = cred

@@ -158,6 +158,12 @@ impl Pending {
             .or_insert_with(|| c.clone());
     }
 
+    /// Whether an outside-AWS use of this key from this address, not later than `t`, is held.
+    pub fn holds_outside_before(&self, access_key_id: &str, addr: &str, t: i64) -> bool {
+        let key = key_of_parts(&[access_key_id.as_bytes(), addr.as_bytes()]);
+        self.outside.get(&key).is_some_and(|c| c.time <= t)
+    }
+
     pub fn outside_snapshot(&self) -> Vec<Candidate> {
         let mut v: Vec<Candidate> = self.outside.iter().map(|e| e.value().clone()).collect();
         v.sort_by(|a, b| (a.time, &a.evidence.event_id).cmp(&(b.time, &b.evidence.event_id)));
