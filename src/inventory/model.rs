@@ -230,8 +230,10 @@ pub struct InventorySnapshot {
 #[derive(Debug, Clone, Default)]
 struct Index {
     by_addr: HashMap<IpAddr, Vec<Slot>>,
-    /// (block, part, is_subnet, network index), longest prefix first.
-    blocks: Vec<(IpNet, usize, bool, usize)>,
+    /// IPv6 blocks by (prefix length, network bits): (block, part, is_subnet, network index).
+    blocks: HashMap<(u8, u128), Vec<(IpNet, usize, bool, usize)>>,
+    /// The prefix lengths present, longest first (a lookup is one probe per length).
+    block_lens: Vec<u8>,
     endpoints: HashMap<String, (usize, usize)>,
     instances: HashMap<String, (usize, usize)>,
     allocations: HashMap<String, IpAddr>,
@@ -293,7 +295,13 @@ impl InventorySnapshot {
             for (subnet, list) in [(false, &part.vpcs), (true, &part.subnets)] {
                 for (i, rec) in list.iter().enumerate() {
                     for c in &rec.ipv6_cidrs {
-                        ix.blocks.push((c.trunc(), p, subnet, i));
+                        if let IpNet::V6(n) = c.trunc() {
+                            let key = (n.prefix_len(), u128::from(n.network()));
+                            ix.blocks
+                                .entry(key)
+                                .or_default()
+                                .push((IpNet::V6(n), p, subnet, i));
+                        }
                     }
                 }
             }
@@ -301,8 +309,10 @@ impl InventorySnapshot {
                 ix.endpoints.insert(rec.id.clone(), (p, i));
             }
         }
-        ix.blocks
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.0.cmp(&b.0)));
+        let mut lens: Vec<u8> = ix.blocks.keys().map(|k| k.0).collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        ix.block_lens = lens;
         self.index = ix;
     }
 
@@ -329,9 +339,14 @@ impl InventorySnapshot {
                 });
             }
         }
-        if addr.is_ipv6() {
-            for (net, p, subnet, i) in &self.index.blocks {
-                if net.contains(&addr) {
+        if let IpAddr::V6(a) = addr {
+            let bits = u128::from(a);
+            let hits = self.index.block_lens.iter().filter_map(|&len| {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                self.index.blocks.get(&(len, bits & mask))
+            });
+            for (net, p, subnet, i) in hits.flatten() {
+                {
                     let part = &self.parts[*p];
                     let rec = if *subnet {
                         &part.subnets[*i]
