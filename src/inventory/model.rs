@@ -227,11 +227,14 @@ pub struct InventorySnapshot {
     index: Index,
 }
 
+/// An IPv6 block in the index: (block, part, is_subnet, network index).
+type BlockSlot = (IpNet, usize, bool, usize);
+
 #[derive(Debug, Clone, Default)]
 struct Index {
     by_addr: HashMap<IpAddr, Vec<Slot>>,
     /// IPv6 blocks by (prefix length, network bits): (block, part, is_subnet, network index).
-    blocks: HashMap<(u8, u128), Vec<(IpNet, usize, bool, usize)>>,
+    blocks: HashMap<(u8, u128), Vec<BlockSlot>>,
     /// The prefix lengths present, longest first (a lookup is one probe per length).
     block_lens: Vec<u8>,
     endpoints: HashMap<String, (usize, usize)>,
