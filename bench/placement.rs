@@ -5,10 +5,8 @@
 //!
 //! Run: `cargo bench --bench placement -- --warm-up-time 1 --measurement-time 3`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,27 +16,11 @@ use ipnet::IpNet;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-struct Counting;
-
-static HEAP: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        HEAP.fetch_add(l.size() as isize, Relaxed);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        HEAP.fetch_sub(l.size() as isize, Relaxed);
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        HEAP.fetch_add(new as isize - l.size() as isize, Relaxed);
-        System.realloc(p, l, new)
-    }
-}
+#[path = "counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 const ADDRESSES: usize = 4096;
 
@@ -72,14 +54,14 @@ fn addresses(r: &IpRanges) -> Vec<IpAddr> {
 }
 
 fn bench(c: &mut Criterion) {
-    let before = HEAP.load(Relaxed);
+    let before = counting::heap();
     let t = Instant::now();
     let ranges = match IpRanges::load_bundled() {
         Ok(r) => r,
         Err(e) => panic!("{e}"),
     };
     let load = t.elapsed();
-    let kept = HEAP.load(Relaxed) - before;
+    let kept = counting::heap() - before;
     let (v4, v6) = ranges.prefix_counts();
     let (d4, d6) = ranges.distinct_prefix_counts();
     let (i4, i6) = ranges.interval_counts();

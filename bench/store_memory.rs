@@ -2,34 +2,16 @@
 //! heap the session-origin store holds after N distinct instance sessions went through the
 //! engine, divided by N. Run: `cargo bench --bench store_memory` (add `-- 1000000` for one size).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use credwatch::config::Config;
 use credwatch::engine::{Engine, Position};
 
-struct Counting;
-
-static HEAP: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        HEAP.fetch_add(l.size() as isize, Relaxed);
-        System.alloc(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        HEAP.fetch_sub(l.size() as isize, Relaxed);
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        HEAP.fetch_add(new as isize - l.size() as isize, Relaxed);
-        System.realloc(p, l, new)
-    }
-}
+#[path = "counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 fn event(i: usize) -> String {
     format!(
@@ -53,7 +35,7 @@ fn event(i: usize) -> String {
 
 fn measure(n: usize) {
     let engine = Engine::new(&Config::default());
-    let before = HEAP.load(Relaxed);
+    let before = counting::heap();
     let t = Instant::now();
     for i in 0..n {
         let text = event(i);
@@ -68,7 +50,7 @@ fn measure(n: usize) {
             .expect("event parses");
     }
     let elapsed = t.elapsed().as_secs_f64();
-    let held = HEAP.load(Relaxed) - before;
+    let held = counting::heap() - before;
     assert_eq!(engine.tracked_sessions(), n);
     println!(
         "{n} sessions: {:.1} bytes per session ({:.1} MiB held); {:.0} events/s inserting",
