@@ -288,23 +288,27 @@ async fn scenario() -> Scenario {
         }
     })
     .await;
-    run.wait_for("every bad record and the finding counted", WAIT, || async move {
-        let url = format!("http://127.0.0.1:{port}/metrics");
-        let text = match http().get(url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(e) => return Err(e.to_string()),
-        };
-        let bad = metric_sum(&text, "credwatch_bad_records_total");
-        // The finding is counted just after it is written to the file (and spooled).
-        let found = metric_sum(&text, "credwatch_findings_total");
-        if bad >= GARBAGE_RECORDS as f64 && found >= 1.0 {
-            Ok(())
-        } else {
-            Err(format!(
+    run.wait_for(
+        "every bad record and the finding counted",
+        WAIT,
+        || async move {
+            let url = format!("http://127.0.0.1:{port}/metrics");
+            let text = match http().get(url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => return Err(e.to_string()),
+            };
+            let bad = metric_sum(&text, "credwatch_bad_records_total");
+            // The finding is counted just after it is written to the file (and spooled).
+            let found = metric_sum(&text, "credwatch_findings_total");
+            if bad >= GARBAGE_RECORDS as f64 && found >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!(
                 "credwatch_bad_records_total sums to {bad}, credwatch_findings_total to {found}"
             ))
-        }
-    })
+            }
+        },
+    )
     .await;
     Scenario {
         run,
