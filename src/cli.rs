@@ -246,21 +246,29 @@ fn run_cmd(args: RunArgs) -> i32 {
             return EXIT_ERROR;
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("credwatch: cannot start the runtime: {e}");
-            return EXIT_ERROR;
-        }
+    let Some(rt) = crate::cli::runtime() else {
+        return EXIT_ERROR;
     };
     match rt.block_on(crate::kinesis::run(cfg)) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             eprintln!("credwatch: {e:#}");
             EXIT_ERROR
+        }
+    }
+}
+
+/// The multi-threaded runtime the async commands run on; `None` (said on stderr) when it cannot
+/// start.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("credwatch: cannot start the runtime: {e}");
+            None
         }
     }
 }

@@ -74,15 +74,8 @@ pub async fn run_to_string(args: &InventoryArgs) -> anyhow::Result<Output> {
 
 /// Runs `credwatch inventory`; returns the exit status.
 pub fn cli(args: InventoryArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("credwatch: cannot start the runtime: {e}");
-            return EXIT_ERROR;
-        }
+    let Some(rt) = crate::cli::runtime() else {
+        return EXIT_ERROR;
     };
     match rt.block_on(run_to_string(&args)) {
         Ok(out) => {

@@ -321,15 +321,8 @@ pub fn cli(args: ReplayArgs) -> i32 {
             return EXIT_ERROR;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("credwatch: cannot start the runtime: {e}");
-            return EXIT_ERROR;
-        }
+    let Some(rt) = crate::cli::runtime() else {
+        return EXIT_ERROR;
     };
     let summary = match rt.block_on(replay(&opts)) {
         Ok(s) => s,
