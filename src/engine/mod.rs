@@ -429,7 +429,7 @@ impl Engine {
             Origin::PublicIp(a) | Origin::PrivateIp(a) => *a,
             _ => return PlaceKind::NotAnAddress,
         };
-        if self.inventory_on() && !self.inventory.snapshot().owners(addr).is_empty() {
+        if self.inventory_on() && self.inventory.snapshot().owns(addr) {
             return PlaceKind::Ours;
         }
         match in_aws {
@@ -470,7 +470,7 @@ impl Engine {
         if in_aws != Some(false) {
             return None;
         }
-        if self.inventory_on() && !self.inventory.snapshot().owners(*addr).is_empty() {
+        if self.inventory_on() && self.inventory.snapshot().owns(*addr) {
             return None;
         }
         if self.allowed(*addr, account, role, t) {
@@ -644,9 +644,7 @@ impl Engine {
     pub(crate) fn in_org(&self, account: Option<&str>, session_account: Option<&str>) -> bool {
         match account {
             None => false,
-            Some(a) if self.inventory_on() && self.inventory.snapshot().accounts().contains(a) => {
-                true
-            }
+            Some(a) if self.inventory_on() && self.inventory.snapshot().has_account(a) => true,
             Some(a) if self.org.is_empty() => Some(a) == session_account,
             Some(a) => self.org.contains(a),
         }

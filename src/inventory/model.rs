@@ -367,6 +367,28 @@ impl InventorySnapshot {
         out
     }
 
+    /// Whether anything of ours owns `addr` ([`InventorySnapshot::owners`] without building
+    /// the list: asked for every event with an address).
+    pub fn owns(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        if self.index.by_addr.contains_key(&addr) {
+            return true;
+        }
+        let IpAddr::V6(a) = addr else {
+            return false;
+        };
+        let bits = u128::from(a);
+        self.index.block_lens.iter().any(|&len| {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            self.index.blocks.contains_key(&(len, bits & mask))
+        })
+    }
+
+    /// Whether `account` is one the inventory read.
+    pub fn has_account(&self, account: &str) -> bool {
+        self.parts.iter().any(|p| p.account == account)
+    }
+
     /// A VPC endpoint of ours, with where it is.
     pub fn endpoint(&self, id: &str) -> Option<(&EndpointRec, &AccountRegion)> {
         let (p, i) = *self.index.endpoints.get(id)?;

@@ -68,7 +68,7 @@ impl Inventory {
         let region = ev.aws_region.as_deref().unwrap_or("").to_string();
         let snap = self.snapshot();
         // Only accounts we read: an event of another account's trail says nothing of ours.
-        if !snap.accounts().contains(account.as_str()) {
+        if !snap.has_account(&account) {
             return false;
         }
         let vpc_id = find(&resp, "vpcId").map(str::to_string);
