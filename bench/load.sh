@@ -4,7 +4,13 @@
 #
 #   bench/load.sh [--rates "1000 10000"] [--duration SECS] [--shards N] [--events-per-record N]
 #                 [--concurrency N] [--lateness "600 0"] [--idle-secs S] [--no-replay-only]
-#                 [--no-drain] [--out DIR]
+#                 [--no-drain] [--emulator moto|kinesis-mock] [--consumers "polling ..."]
+#                 [--out DIR]
+#
+# --emulator kinesis-mock runs against kinesis-mock (npm kinesis-local, on 127.0.0.1; the stream
+# is made with boto3 from .venv) instead of moto; it serves SubscribeToShard, so
+# --consumers "polling enhanced_fan_out" measures record-to-finding latency of both consumers
+# (`kinesis.consumer`), alternated rate by rate, each on a fresh stream.
 #
 # For each rate R: generate R*SECS events (release build, seed 1), start the local stack
 # (tests/stack/local-stack.sh: moto on 127.0.0.1, a stream of N shards), start `credwatch run`
@@ -44,6 +50,9 @@ STALL_SECS=20
 CONCURRENCY=1
 LATENESS="600 0"
 IDLE_SECS=5
+EMULATOR=moto
+CONSUMERS=polling
+MOCK_PID=""
 
 while (($#)); do
   case "$1" in
@@ -56,6 +65,8 @@ while (($#)); do
     --idle-secs) IDLE_SECS="$2"; shift 2 ;;
     --no-replay-only) REPLAY_ONLY=0; shift ;;
     --no-drain) DRAIN=0; shift ;;
+    --emulator) EMULATOR="$2"; shift 2 ;;
+    --consumers) CONSUMERS="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "load.sh: unknown option $1" >&2; exit 2 ;;
@@ -77,7 +88,7 @@ cleanup() {
     kill -TERM "$RUN_PID" 2>/dev/null || true
     wait "$RUN_PID" 2>/dev/null || true
   fi
-  bash tests/stack/local-stack.sh stop >/dev/null 2>&1 || true
+  stop_stack
 }
 trap cleanup EXIT
 
@@ -99,20 +110,69 @@ workload() {
 }
 
 start_stack() {
-  bash tests/stack/local-stack.sh stop >/dev/null 2>&1 || true
+  stop_stack
+  if [[ "$EMULATOR" == kinesis-mock ]]; then
+    start_kinesis_mock "$1"
+    return
+  fi
   CREDWATCH_STREAM="$1" bash tests/stack/local-stack.sh start --stream "$1" --shards "$SHARDS" >/dev/null
   # shellcheck disable=SC1091
   source .local/stack/env
 }
 
-stop_stack() { bash tests/stack/local-stack.sh stop >/dev/null 2>&1 || true; }
+# kinesis-mock on free loopback ports (as tests/support/kinesis_mock.rs starts it), a stream of
+# SHARDS shards made with boto3.
+start_kinesis_mock() {
+  local dir port tls
+  dir="$(bash tests/stack/ensure-kinesis-mock.sh)"
+  port="$(free_port)"
+  tls="$(free_port)"
+  mkdir -p "$OUT/kinesis-mock"
+  (cd "$OUT/kinesis-mock" && KINESIS_MOCK_CERT_PATH="$dir/server.json" KINESIS_MOCK_PLAIN_PORT="$port" \
+    KINESIS_MOCK_TLS_PORT="$tls" AWS_REGION=us-east-1 LOG_LEVEL=WARN SHOULD_PERSIST_DATA=false \
+    exec node --require "$dir/loopback.cjs" "$dir/main.js" >"$OUT/kinesis-mock/$1.log" 2>&1) &
+  MOCK_PID=$!
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$port" CREDWATCH_STREAM="$1"
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
+  export AWS_EC2_METADATA_DISABLED=true
+  "$REPO/.venv/bin/python" - "$AWS_ENDPOINT_URL" "$1" "$SHARDS" <<'PY'
+import sys, time, urllib.request
+import boto3
+endpoint, stream, shards = sys.argv[1], sys.argv[2], int(sys.argv[3])
+deadline = time.monotonic() + 60
+while True:
+    try:
+        with urllib.request.urlopen(endpoint + "/healthcheck", timeout=2) as r:
+            if r.status == 200:
+                break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("kinesis-mock did not answer at " + endpoint)
+    time.sleep(0.2)
+k = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing")
+k.create_stream(StreamName=stream, ShardCount=shards)
+while k.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+    time.sleep(0.2)
+PY
+}
+
+stop_stack() {
+  if [[ -n "$MOCK_PID" ]]; then
+    kill "$MOCK_PID" 2>/dev/null || true
+    wait "$MOCK_PID" 2>/dev/null || true
+    MOCK_PID=""
+  fi
+  bash tests/stack/local-stack.sh stop >/dev/null 2>&1 || true
+}
 
 # start_run WORKLOAD DIR -> sets RUN_PID and METRICS
 start_run() {
   local wl="$1" dir="$2" port
   port="$(free_port)"
   METRICS="http://127.0.0.1:$port/metrics"
-  CREDWATCH_LOG=info CREDWATCH_KINESIS__POLL_INTERVAL_MS=200 \
+  CREDWATCH_LOG=info CREDWATCH_KINESIS__POLL_INTERVAL_MS=200 CREDWATCH_KINESIS__CONSUMER="${CONSUMER:-polling}" \
     CREDWATCH_DETECTION__ALLOWED_LATENESS_SECS="${LATE:-600}" CREDWATCH_DETECTION__IDLE_SECS="$IDLE_SECS" \
     "$BIN" run --config "$wl/credwatch.toml" --stream "$CREDWATCH_STREAM" --region us-east-1 \
     --endpoint-url "$AWS_ENDPOINT_URL" --findings-out "$dir/findings.jsonl" \
@@ -202,11 +262,14 @@ measure() {
     --argjson cpu "$cpu" --argjson hwm "$hwm" --arg hist "$hist" --argjson read "$read" \
     --argjson lateness "${LATE:-600}" --argjson t_settled "$t_settled" \
     --arg withdrawn "$withdrawn" --arg late "$late" \
+    --arg emulator "$EMULATOR" --arg consumer "${CONSUMER:-polling}" \
     --slurpfile replay "$dir/replay.json" --slurpfile score "$dir/score.json" '
     ($replay[0]) as $r | ($score[0]) as $s |
     (($t_caught - $t0) / 1000) as $e2e |
     {
       mode: $mode,
+      emulator: $emulator,
+      consumer: $consumer,
       lateness_secs: $lateness,
       settled_after_send_secs: ((($t_settled - $t_sent) / 1000) | if . < 0 then 0 else . end),
       withdrawn: $withdrawn,
@@ -237,14 +300,15 @@ measure() {
 
 for LATE in $LATENESS; do
 for rate in $RATES; do
+for CONSUMER in $CONSUMERS; do
   events=$(( rate * DURATION ))
   wl="$(workload "$events")"
-  dir="$OUT/rate-$rate-lateness-$LATE"
+  dir="$OUT/rate-$rate-lateness-$LATE-$CONSUMER"
   # A fresh stream each run: no checkpoint or findings of an earlier run may be reused.
   rm -rf "$dir"
   mkdir -p "$dir"
-  log "rate $rate events/s: $events events"
-  start_stack "bench-$rate"
+  log "rate $rate events/s: $events events ($EMULATOR, consumer $CONSUMER)"
+  start_stack "bench-$rate-${CONSUMER//_/-}"
   start_run "$wl" "$dir"
   "$BIN" replay --stream "$CREDWATCH_STREAM" --endpoint-url "$AWS_ENDPOINT_URL" --region us-east-1 \
     --rate "$rate" --log-stream-by account --events-per-record "$EPR" --concurrency "$CONCURRENCY" \
@@ -257,7 +321,9 @@ for rate in $RATES; do
   stop_stack
 done
 done
+done
 LATE=600
+CONSUMER=polling
 
 largest="$(for r in $RATES; do echo $(( r * DURATION )); done | sort -n | tail -1)"
 wl="$(workload "$largest")"

@@ -268,6 +268,25 @@ pub struct KinesisConfig {
     pub poll_interval_ms: u64,
     /// How often to list shards to find new ones (after a reshard).
     pub shard_discovery_interval_secs: u64,
+    /// `polling` (GetRecords: shares each shard's 5 reads/s and 2 MB/s with every other reader
+    /// of the stream) or `enhanced_fan_out` (SubscribeToShard over HTTP/2: 2 MB/s per shard of
+    /// its own, records pushed as they arrive).
+    pub consumer: ConsumerKind,
+    /// `enhanced_fan_out`: the stream consumer's name, registered if missing. Workers of one
+    /// deployment share it (each shard is read by its one lease owner).
+    pub consumer_name: String,
+    /// `enhanced_fan_out`: a subscription is renewed after this long (AWS ends each after 5
+    /// minutes; at most 300).
+    pub resubscribe_secs: u64,
+}
+
+/// How `run` reads the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerKind {
+    #[default]
+    Polling,
+    EnhancedFanOut,
 }
 
 impl Default for KinesisConfig {
@@ -281,6 +300,9 @@ impl Default for KinesisConfig {
             max_records_per_call: 10_000,
             poll_interval_ms: 250,
             shard_discovery_interval_secs: 30,
+            consumer: ConsumerKind::Polling,
+            consumer_name: "credwatch".into(),
+            resubscribe_secs: 300,
         }
     }
 }
@@ -462,6 +484,22 @@ impl Config {
             }
         }
         let k = &self.kinesis;
+        if !(1..=300).contains(&k.resubscribe_secs) {
+            return Err(ConfigError(
+                "kinesis.resubscribe_secs: must be within 1..=300 (a subscription lasts 5 minutes)"
+                    .into(),
+            ));
+        }
+        let name_ok = (1..=128).contains(&k.consumer_name.len())
+            && k.consumer_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !name_ok {
+            return Err(ConfigError(format!(
+                "kinesis.consumer_name: {:?} must be 1 to 128 characters of A-Z, a-z, 0-9, _ . -",
+                k.consumer_name
+            )));
+        }
         if !(1..=10_000).contains(&k.max_records_per_call) {
             return Err(ConfigError(
                 "kinesis.max_records_per_call: must be within 1..=10000".into(),

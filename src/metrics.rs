@@ -18,6 +18,7 @@
 //! | `credwatch_kinesis_behind_latest_seconds` | gauge | `shard` |
 //! | `credwatch_kinesis_get_records_throttled_total` | counter | `shard` |
 //! | `credwatch_kinesis_get_records_errors_total` | counter | `shard`, `error` |
+//! | `credwatch_kinesis_subscriptions_total` | counter | `shard` |
 //! | `credwatch_kinesis_shards_owned` | gauge | |
 //! | `credwatch_events_total` | counter | `origin_class` |
 //! | `credwatch_events_by_credential_total` | counter | `credential_class` |
@@ -94,7 +95,17 @@ use crate::engine::origin::OriginClass;
 use crate::engine::{Engine, Explanation};
 
 /// The `error` label values of `credwatch_kinesis_get_records_errors_total`.
-pub const GET_RECORDS_ERRORS: [&str; 4] = ["throttled", "service", "network", "expired_iterator"];
+/// (`subscription_in_use` and `stream` are enhanced fan-out's: a SubscribeToShard refused because
+/// the shard already has a subscription of this consumer, and a subscription's stream that
+/// failed mid-way.)
+pub const GET_RECORDS_ERRORS: [&str; 6] = [
+    "throttled",
+    "service",
+    "network",
+    "expired_iterator",
+    "subscription_in_use",
+    "stream",
+];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -105,6 +116,8 @@ pub struct Metrics {
     pub behind_latest: GaugeVec,
     pub throttles: IntCounterVec,
     pub get_records_errors: IntCounterVec,
+    /// Enhanced fan-out subscriptions made (one per shard every `kinesis.resubscribe_secs`).
+    pub subscriptions: IntCounterVec,
     pub shards_owned: IntGauge,
     // Engine (copied from its atomics at scrape time).
     events: IntCounterVec,
@@ -293,6 +306,12 @@ impl Metrics {
                 &r,
                 "credwatch_kinesis_get_records_throttled_total",
                 "GetRecords calls throttled (ProvisionedThroughputExceeded, KMS throttling), by shard",
+                &["shard"],
+            ),
+            subscriptions: counter_vec(
+                &r,
+                "credwatch_kinesis_subscriptions_total",
+                "Enhanced fan-out subscriptions (SubscribeToShard) made, by shard",
                 &["shard"],
             ),
             get_records_errors: counter_vec(

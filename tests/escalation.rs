@@ -842,3 +842,316 @@ async fn flush_delivers_what_it_can_within_its_time() {
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert_eq!(esc.pending_total(), 2);
 }
+
+// ---- AWS destinations, against moto on loopback ------------------------------------------
+
+/// A destination of an AWS type pointed at `moto`, with quick retries.
+fn aws_destination(kind: DestinationKind, moto: &support::moto::MotoServer) -> EscalationConfig {
+    EscalationConfig {
+        kind,
+        region: Some(support::moto::REGION.into()),
+        endpoint_url: Some(moto.endpoint()),
+        retry_base_ms: 50,
+        retry_max_ms: 300,
+        burst: 1000,
+        per_minute: 60_000,
+        ..Default::default()
+    }
+}
+
+/// Every finding Security Hub holds, by id.
+async fn hub_findings(
+    hub: &aws_sdk_securityhub::Client,
+) -> BTreeMap<String, aws_sdk_securityhub::types::AwsSecurityFinding> {
+    let mut out = BTreeMap::new();
+    let mut pages = hub.get_findings().max_results(100).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for f in page.expect("GetFindings").findings() {
+            let id = f.id().expect("finding id").to_string();
+            assert!(
+                out.insert(id.clone(), f.clone()).is_none(),
+                "{id} is in Security Hub twice"
+            );
+        }
+    }
+    out
+}
+
+fn aws_credentials_env() {
+    // The SDK's default chain reads these (the destination has no secret of its own).
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_hub_imports_asff_updates_on_resend_and_survives_an_outage() {
+    aws_credentials_env();
+    let mut moto = support::moto::MotoServer::start();
+    let hub = moto.security_hub().await;
+    hub.enable_security_hub()
+        .send()
+        .await
+        .expect("EnableSecurityHub");
+    let spool = tempfile::tempdir().unwrap();
+    // No account_id: the importing account comes from sts:GetCallerIdentity.
+    let cfg = aws_destination(DestinationKind::SecurityHub, &moto);
+    let run = Running::start(std::slice::from_ref(&cfg), spool.path());
+    let mut batch = findings(150);
+    batch[0] = fixture();
+    run.esc.submit(&batch).unwrap();
+    run.until_delivered("security_hub-0", 150).await;
+    assert_eq!(run.count("security_hub-0", "rejected"), 0);
+    let held = hub_findings(&hub).await;
+    let ids: BTreeSet<String> = batch.iter().map(|f| f.id.clone()).collect();
+    assert_eq!(held.keys().cloned().collect::<BTreeSet<_>>(), ids);
+
+    // The record of the fixture, as an analyst reads it.
+    let r = &held[&batch[0].id];
+    let account = support::moto::ACCOUNT_ID;
+    assert_eq!(r.schema_version(), Some("2018-10-08"));
+    assert_eq!(
+        r.product_arn(),
+        Some(format!("arn:aws:securityhub:us-east-1:{account}:product/{account}/default").as_str())
+    );
+    assert_eq!(r.aws_account_id(), Some(account));
+    assert_eq!(r.generator_id(), Some("credwatch/session_token_reuse"));
+    assert!(r
+        .types()
+        .contains(&"TTPs/Credential Access/session_token_reuse".to_string()));
+    assert_eq!(
+        r.severity().and_then(|s| s.label()).map(|l| l.as_str()),
+        Some("HIGH")
+    );
+    let resources: Vec<(String, String)> = r
+        .resources()
+        .iter()
+        .map(|x| {
+            (
+                x.r#type().unwrap_or("").to_string(),
+                x.id().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resources,
+        vec![
+            (
+                "AwsIamRole".to_string(),
+                "arn:aws:iam::017622104382:role/stratus-red-team-ec2-steal-credentials-role"
+                    .to_string()
+            ),
+            (
+                "AwsEc2Instance".to_string(),
+                "i-786a3a8b5c0d92ef4".to_string()
+            ),
+            (
+                "AwsIamAccessKey".to_string(),
+                "ASIAP5CT9NN8EYVU1FXV".to_string()
+            ),
+        ]
+    );
+    let pf = r.product_fields().expect("product fields");
+    assert_eq!(pf["credwatch/second/origin"], "18.236.253.47");
+    assert_eq!(
+        pf["credwatch/first/event_id"],
+        "5d3f1c2a-0000-4000-8000-000000000001"
+    );
+    assert_eq!(pf["credwatch/account_id"], "017622104382");
+    assert!(r
+        .note()
+        .and_then(|n| n.text())
+        .unwrap()
+        .contains("no [[allow]] entry contains 18.236.253.47"));
+    run.stop().await;
+
+    // Sent again (another spool: a hunt over the same data, say), with a new title: the records
+    // are updated in place, not added.
+    let again = tempfile::tempdir().unwrap();
+    let run = Running::start(std::slice::from_ref(&cfg), again.path());
+    let resent: Vec<Finding> = batch[..20]
+        .iter()
+        .map(|f| Finding {
+            title: format!("{} (re-sent)", f.title),
+            ..f.clone()
+        })
+        .collect();
+    run.esc.submit(&resent).unwrap();
+    run.until_delivered("security_hub-0", 20).await;
+    let held = hub_findings(&hub).await;
+    assert_eq!(
+        held.len(),
+        150,
+        "a re-sent finding updates, never duplicates"
+    );
+    for f in &resent {
+        assert!(
+            held[&f.id].title().unwrap().ends_with("(re-sent)"),
+            "{}",
+            f.id
+        );
+    }
+    run.stop().await;
+
+    // Security Hub is down: findings wait in the spool and are retried; once it is back (a fresh
+    // emulator on the same port), every one arrives.
+    moto.stop();
+    let run = Running::start(std::slice::from_ref(&cfg), spool.path());
+    let late: Vec<Finding> = (1000..1007)
+        .map(|n| finding(n, "session_token_reuse", Severity::Critical))
+        .collect();
+    run.esc.submit(&late).unwrap();
+    run.until("retries during the outage", |r| {
+        r.count("security_hub-0", "retried") >= 7
+    })
+    .await;
+    assert_eq!(run.count("security_hub-0", "delivered"), 0);
+    assert_eq!(run.depth("security_hub-0"), 7);
+    moto.restart();
+    run.until_delivered("security_hub-0", 7).await;
+    let hub = moto.security_hub().await;
+    let held = hub_findings(&hub).await;
+    assert_eq!(
+        held.keys().cloned().collect::<BTreeSet<_>>(),
+        late.iter().map(|f| f.id.clone()).collect::<BTreeSet<_>>()
+    );
+    assert_eq!(run.count("security_hub-0", "dead_lettered"), 0);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventbridge_rule_with_an_sqs_target_receives_each_finding_once() {
+    aws_credentials_env();
+    let moto = support::moto::MotoServer::start();
+    let sqs = moto.sqs().await;
+    let events = moto.eventbridge().await;
+    let queue_url = sqs
+        .create_queue()
+        .queue_name("credwatch-findings")
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("GetQueueAttributes")
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .unwrap()
+        .to_string();
+    events
+        .create_event_bus()
+        .name("security")
+        .send()
+        .await
+        .expect("CreateEventBus");
+    events
+        .put_rule()
+        .name("credwatch-findings")
+        .event_bus_name("security")
+        .event_pattern(r#"{"source": ["credwatch"]}"#)
+        .send()
+        .await
+        .expect("PutRule");
+    events
+        .put_targets()
+        .rule("credwatch-findings")
+        .event_bus_name("security")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(&queue_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("PutTargets");
+
+    let spool = tempfile::tempdir().unwrap();
+    let cfg = EscalationConfig {
+        event_bus: Some("security".into()),
+        ..aws_destination(DestinationKind::Eventbridge, &moto)
+    };
+    let run = Running::start(&[cfg], spool.path());
+    let mut batch: Vec<Finding> = (0..24)
+        .map(|n| {
+            let rule = if n % 3 == 0 {
+                "workload_credentials_outside_aws"
+            } else {
+                "session_token_reuse"
+            };
+            finding(n, rule, Severity::High)
+        })
+        .collect();
+    // One finding far over an event's 256 KB: trimmed, still delivered.
+    let mut huge = finding(99, "session_token_reuse", Severity::High);
+    huge.events[1].user_agent = "A".repeat(400_000);
+    batch.push(huge.clone());
+    run.esc.submit(&batch).unwrap();
+    run.until_delivered("eventbridge-0", batch.len() as u64)
+        .await;
+
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut bodies: BTreeMap<String, Value> = BTreeMap::new();
+    let t0 = Instant::now();
+    while seen.len() < batch.len() {
+        assert!(
+            t0.elapsed() < WAIT,
+            "only {} of {} events reached the queue",
+            seen.len(),
+            batch.len()
+        );
+        let out = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("ReceiveMessage");
+        for m in out.messages() {
+            let ev: Value = serde_json::from_str(m.body().unwrap()).expect("event JSON");
+            let id = ev["detail"]["id"].as_str().expect("detail.id").to_string();
+            *seen.entry(id.clone()).or_default() += 1;
+            bodies.insert(id, ev);
+            sqs.delete_message()
+                .queue_url(&queue_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .expect("DeleteMessage");
+        }
+    }
+    // Nothing more arrives.
+    let extra = sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("ReceiveMessage");
+    assert!(extra.messages().is_empty(), "an event arrived twice");
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    assert_eq!(
+        seen.keys().cloned().collect::<BTreeSet<_>>(),
+        batch.iter().map(|f| f.id.clone()).collect::<BTreeSet<_>>()
+    );
+    for f in &batch {
+        let ev = &bodies[&f.id];
+        assert_eq!(ev["source"], "credwatch");
+        assert_eq!(ev["detail-type"], f.rule.as_str());
+        assert_eq!(ev["detail"]["session"], f.session.as_deref().unwrap());
+        assert_eq!(ev["detail"]["events"][1]["origin"], "18.236.253.47");
+    }
+    let h = &bodies[&huge.id]["detail"];
+    assert_eq!(h["trimmed"], true);
+    assert!(h.to_string().len() <= 256 * 1024);
+    assert_eq!(run.count("eventbridge-0", "rejected"), 0);
+    run.stop().await;
+}

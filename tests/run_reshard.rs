@@ -376,3 +376,129 @@ async fn split_and_merge_while_running_lose_nothing_and_read_parents_first() {
         "findings written after the last check"
     );
 }
+
+/// How many times the log says `shard` was subscribed to (enhanced fan-out).
+fn subscriptions_in_log(log: &std::path::Path, shard: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("subscribed to shard") && l.contains(shard))
+        .count()
+}
+
+#[tokio::test]
+async fn enhanced_fan_out_reads_across_a_reshard_and_a_resubscribe_and_resumes_from_its_checkpoint()
+{
+    let mock = KinesisMock::start();
+    let stream = "fan-out";
+    mock.create_stream(stream, 2).await;
+    let shards = mock.list_shards(stream).await;
+    let (s0, s1) = (open_shard_at(&shards, Q1), open_shard_at(&shards, Q3));
+    let efo_env: &[(&str, &str)] = &[
+        ("CREDWATCH_KINESIS__SHARD_DISCOVERY_INTERVAL_SECS", "1"),
+        ("CREDWATCH_KINESIS__CONSUMER", "enhanced_fan_out"),
+        ("CREDWATCH_KINESIS__CONSUMER_NAME", "credwatch-test"),
+        // A forced resubscribe every 6 s (AWS ends a subscription after 5 minutes).
+        ("CREDWATCH_KINESIS__RESUBSCRIBE_SECS", "6"),
+    ];
+
+    // Pairs on shard 0, then shard 0 split and pairs on its children, homes of `roaming` on
+    // every shard.
+    let parent = sessions("efo-parent", 6, NETS);
+    let child = sessions("efo-child", 6, NETS);
+    let roaming = sessions("efo-roaming", 8, NETS);
+    let after_restart = sessions("efo-restart", 6, NETS);
+    let pair = |s: &Session| envelope(LOG_STREAM, &[s.home(), s.second()]);
+    let at = |hashes: &[u128], i: usize| hashes[i % hashes.len()];
+    let mut records: Vec<(u128, Vec<u8>)> = Vec::new();
+    for (i, s) in parent.iter().enumerate() {
+        records.push((at(&[Q1, Q2], i), pair(s)));
+    }
+    for (i, s) in roaming.iter().enumerate() {
+        records.push((at(&[Q1, Q2, Q3, Q4], i), envelope(LOG_STREAM, &[s.home()])));
+    }
+    mock.put_records_at(stream, &records).await;
+    mock.split_shard_in_half(stream, &s0).await;
+    let shards = mock.list_shards(stream).await;
+    let (s0_low, s0_high) = (open_shard_at(&shards, Q1), open_shard_at(&shards, Q2));
+    let records: Vec<(u128, Vec<u8>)> = child
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (at(&[Q1, Q2], i), pair(s)))
+        .collect();
+    mock.put_records_at(stream, &records).await;
+
+    let state = State::new();
+    let mut run = Run::start(&mock.endpoint(), stream, &state, None, efo_env);
+    let before: Vec<&Session> = parent.iter().chain(&child).collect();
+    run.await_findings(&state, &before).await;
+    let log = std::fs::read_to_string(&run.log).unwrap_or_default();
+    assert!(
+        log.contains("shard finished (SHARD_END)") && log.contains(&s0),
+        "the split parent {s0} was read to its end through enhanced fan-out:\n{}",
+        run.log_tail()
+    );
+
+    // Wait for a forced resubscribe on shard 1 (and on a child), then send the second origins
+    // of the roaming sessions: they are read by the renewed subscriptions.
+    let log_path = run.log.clone();
+    run.wait_for("a resubscribe on every open shard", FAN_OUT_WAIT, || {
+        let counts: Vec<usize> = [&s1, &s0_low, &s0_high]
+            .iter()
+            .map(|s| subscriptions_in_log(&log_path, s))
+            .collect();
+        if counts.iter().all(|&n| n >= 2) {
+            Ok(())
+        } else {
+            Err(format!("subscriptions per open shard: {counts:?}"))
+        }
+    })
+    .await;
+    let records: Vec<(u128, Vec<u8>)> = roaming
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                at(&[Q1, Q2, Q3, Q4], i),
+                envelope(LOG_STREAM, &[s.second()]),
+            )
+        })
+        .collect();
+    mock.put_records_at(stream, &records).await;
+    let so_far: Vec<&Session> = parent.iter().chain(&child).chain(&roaming).collect();
+    run.await_findings(&state, &so_far).await;
+    tokio::time::sleep(GRACE).await;
+    run.assert_running("duplicate findings");
+    assert_one_finding_per_session(&state.findings(), &so_far);
+
+    // Stop, put more while it is down, start again: it resumes from the checkpoint (the same
+    // registered consumer), with nothing lost or repeated.
+    run.sigterm();
+    let status = run.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after SIGTERM: {status:?}\n{}",
+        run.log_tail()
+    );
+    let records: Vec<(u128, Vec<u8>)> = after_restart
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (at(&[Q1, Q2, Q3, Q4], i), pair(s)))
+        .collect();
+    mock.put_records_at(stream, &records).await;
+    let mut run = Run::start(&mock.endpoint(), stream, &state, None, efo_env);
+    let all: Vec<&Session> = so_far.iter().copied().chain(&after_restart).collect();
+    run.await_findings(&state, &all).await;
+    tokio::time::sleep(GRACE).await;
+    run.assert_running("duplicate findings");
+    assert_one_finding_per_session(&state.findings(), &all);
+    let log = std::fs::read_to_string(&run.log).unwrap_or_default();
+    assert!(
+        log.contains("already registered"),
+        "the restart found the consumer it had registered:\n{}",
+        run.log_tail()
+    );
+}
+
+/// Longest wait for subscriptions to renew.
+const FAN_OUT_WAIT: Duration = Duration::from_secs(60);

@@ -94,6 +94,8 @@ def table(path):
             r["records_ratio"] = f"{r['records_read']:,} / {r['records']:,}"
     cols = [
         ("mode", "mode"),
+        ("emulator", "emulator"),
+        ("consumer", "consumer"),
         ("lateness (s)", "lateness_secs"),
         ("target ev/s", "target_rate"),
         ("events", "events"),

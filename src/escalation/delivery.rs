@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// What one attempt came to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Attempt {
     /// 2xx.
     Delivered,
@@ -20,8 +20,101 @@ pub enum Attempt {
         reason: String,
         after: Option<Duration>,
     },
-    /// Any other answer (3xx, 4xx): retrying would get the same answer.
+    /// Any other answer (3xx, 4xx): retrying would get the same answer. `status` is the HTTP
+    /// status (0 when the answer was not an HTTP error, as for an entry an AWS API failed on).
     Rejected { status: u16, body: String },
+}
+
+/// Error codes that say a request or entry is malformed: sending it again would get the same
+/// answer. Any other AWS error (throttling, a service fault, a missing permission, a bus or hub
+/// not set up yet) is retried: an operator can fix it, and nothing is dropped meanwhile.
+const INVALID_CODES: &[&str] = &[
+    "ValidationException",
+    "InvalidInput",
+    "InvalidInputException",
+    "InvalidParameterValue",
+    "InvalidArgument",
+    "MalformedDetail",
+    "InvalidEventPatternException",
+    "SerializationException",
+];
+
+/// The outcome of one entry an AWS API failed on within a call that succeeded
+/// (`BatchImportFindings`' `FailedFindings`, `PutEvents`' failed `Entries`).
+pub fn entry_failure(code: &str, message: &str) -> Attempt {
+    if INVALID_CODES.contains(&code) {
+        Attempt::Rejected {
+            status: 0,
+            body: format!("{code}: {message}"),
+        }
+    } else {
+        Attempt::Retry {
+            reason: format!("{code}: {message}"),
+            after: None,
+        }
+    }
+}
+
+/// The outcome of an AWS SDK call that failed (after the SDK's own retries).
+pub fn sdk_attempt<E, R>(e: &aws_sdk_eventbridge::error::SdkError<E, R>) -> Attempt
+where
+    E: aws_sdk_eventbridge::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    use aws_sdk_eventbridge::error::SdkError;
+    match e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            let code = err.code().unwrap_or("unknown error");
+            let message = err.message().unwrap_or("");
+            entry_failure(code, message)
+        }
+        SdkError::ConstructionFailure(_) => Attempt::Rejected {
+            status: 0,
+            body: format!("the request could not be built: {}", describe(e)),
+        },
+        _ => Attempt::Retry {
+            reason: describe(e),
+            after: None,
+        },
+    }
+}
+
+/// An error with its chain of sources, on one line.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
+
+/// The account of the credentials in `sdk` (`sts:GetCallerIdentity`).
+pub async fn caller_account(sdk: &aws_config::SdkConfig) -> Result<String, Attempt> {
+    let sts = aws_sdk_sts::Client::new(sdk);
+    match sts.get_caller_identity().send().await {
+        Ok(out) => out.account().map(str::to_string).ok_or(Attempt::Retry {
+            reason: "sts:GetCallerIdentity returned no account".into(),
+            after: None,
+        }),
+        Err(e) => Err(Attempt::Retry {
+            reason: format!(
+                "sts:GetCallerIdentity (set account_id to skip it): {}",
+                describe(&e)
+            ),
+            after: None,
+        }),
+    }
+}
+
+/// Now, RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 /// Whether an answer is worth retrying.

@@ -1,4 +1,5 @@
-//! Escalation: findings delivered to webhooks, Slack and PagerDuty, at least once.
+//! Escalation: findings delivered to webhooks, Slack, PagerDuty, AWS Security Hub and Amazon
+//! EventBridge, at least once.
 //!
 //! [`Escalator::submit`] writes each finding routed to a destination into that destination's
 //! durable spool (`<spool_dir>/<destination>/<finding id>.json`, fsync'd) before it returns, so a
@@ -17,7 +18,9 @@
 //! records are replayed after a restart are not escalated twice.
 
 pub mod delivery;
+pub mod eventbridge;
 pub mod render;
+pub mod security_hub;
 pub mod sign;
 pub mod spool;
 
@@ -55,6 +58,9 @@ pub enum DestinationKind {
     Webhook,
     Slack,
     Pagerduty,
+    #[serde(rename = "security_hub")]
+    SecurityHub,
+    Eventbridge,
 }
 
 impl DestinationKind {
@@ -63,6 +69,25 @@ impl DestinationKind {
             DestinationKind::Webhook => "webhook",
             DestinationKind::Slack => "slack",
             DestinationKind::Pagerduty => "pagerduty",
+            DestinationKind::SecurityHub => "security_hub",
+            DestinationKind::Eventbridge => "eventbridge",
+        }
+    }
+
+    /// AWS API destinations: no URL nor secret, the SDK's credential chain.
+    pub fn is_aws(self) -> bool {
+        matches!(
+            self,
+            DestinationKind::SecurityHub | DestinationKind::Eventbridge
+        )
+    }
+
+    /// Findings per request.
+    fn batch(self) -> usize {
+        match self {
+            DestinationKind::SecurityHub => security_hub::BATCH,
+            DestinationKind::Eventbridge => eventbridge::BATCH,
+            _ => 1,
         }
     }
 }
@@ -128,6 +153,25 @@ pub struct EscalationConfig {
     /// Longest retry delay (a `Retry-After` from the destination may be longer, up to an hour).
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
+    /// `security_hub`, `eventbridge`: AWS region (default: the SDK's, e.g. `AWS_REGION`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `security_hub`, `eventbridge`: API endpoint, for an emulator (default: AWS's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// `security_hub`: the importing account (default: `sts:GetCallerIdentity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `security_hub`: product ARN (default: the account's custom integration,
+    /// `arn:aws:securityhub:<region>:<account>:product/<account>/default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_arn: Option<String>,
+    /// `eventbridge`: bus name or ARN (default: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_bus: Option<String>,
+    /// `eventbridge`: the events' `Source` (default: `credwatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Default for EscalationConfig {
@@ -146,6 +190,12 @@ impl Default for EscalationConfig {
             timeout_ms: default_timeout_ms(),
             retry_base_ms: default_retry_base_ms(),
             retry_max_ms: default_retry_max_ms(),
+            region: None,
+            endpoint_url: None,
+            account_id: None,
+            product_arn: None,
+            event_bus: None,
+            source: None,
         }
     }
 }
@@ -223,6 +273,7 @@ pub fn validate(list: &[EscalationConfig]) -> Result<(), String> {
             }
         }
         let has_url = !c.url.trim().is_empty();
+        validate_aws_options(c, &key)?;
         match c.kind {
             DestinationKind::Webhook => {
                 if !has_url {
@@ -257,6 +308,26 @@ pub fn validate(list: &[EscalationConfig]) -> Result<(), String> {
                     return Err(format!(
                         "{}: the PagerDuty routing key is required: set secret_env or secret_file",
                         key("secret_env")
+                    ));
+                }
+            }
+            DestinationKind::SecurityHub | DestinationKind::Eventbridge => {
+                if has_url {
+                    return Err(format!(
+                        "{}: not used by {} (the AWS endpoint is endpoint_url, for an emulator)",
+                        key("url"),
+                        c.kind.as_str()
+                    ));
+                }
+                if c.has_secret() {
+                    return Err(format!(
+                        "{}: not used by {}: it signs with the AWS credential chain",
+                        key(if c.secret_env.is_some() {
+                            "secret_env"
+                        } else {
+                            "secret_file"
+                        }),
+                        c.kind.as_str()
                     ));
                 }
             }
@@ -297,6 +368,99 @@ pub fn validate(list: &[EscalationConfig]) -> Result<(), String> {
 }
 
 /// Reads the secret of entry `i` from its environment variable or file; errors name the key.
+/// The AWS destinations' own options: set only where they mean something, and well formed.
+fn validate_aws_options(c: &EscalationConfig, key: &dyn Fn(&str) -> String) -> Result<(), String> {
+    let only = |name: &str, set: bool, kinds: &[DestinationKind]| {
+        if set && !kinds.contains(&c.kind) {
+            Err(format!(
+                "{}: only for type = {}",
+                key(name),
+                kinds
+                    .iter()
+                    .map(|k| format!("{:?}", k.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let aws = [DestinationKind::SecurityHub, DestinationKind::Eventbridge];
+    only("region", c.region.is_some(), &aws)?;
+    only("endpoint_url", c.endpoint_url.is_some(), &aws)?;
+    only(
+        "account_id",
+        c.account_id.is_some(),
+        &[DestinationKind::SecurityHub],
+    )?;
+    only(
+        "product_arn",
+        c.product_arn.is_some(),
+        &[DestinationKind::SecurityHub],
+    )?;
+    only(
+        "event_bus",
+        c.event_bus.is_some(),
+        &[DestinationKind::Eventbridge],
+    )?;
+    only(
+        "source",
+        c.source.is_some(),
+        &[DestinationKind::Eventbridge],
+    )?;
+    if let Some(r) = &c.region {
+        if r.is_empty()
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!(
+                "{}: {r:?} is not an AWS region name",
+                key("region")
+            ));
+        }
+    }
+    if let Some(u) = &c.endpoint_url {
+        check_url(u).map_err(|e| format!("{}: {e}", key("endpoint_url")))?;
+    }
+    if let Some(a) = &c.account_id {
+        if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "{}: {a:?} is not a 12-digit account id",
+                key("account_id")
+            ));
+        }
+    }
+    if let Some(p) = &c.product_arn {
+        if !p.starts_with("arn:") || !p.contains(":product/") {
+            return Err(format!(
+                "{}: {p:?} is not a Security Hub product ARN (arn:aws:securityhub:REGION:ACCOUNT:product/ACCOUNT/default)",
+                key("product_arn")
+            ));
+        }
+    }
+    if let Some(b) = &c.event_bus {
+        let name_ok = (1..=256).contains(&b.len())
+            && b.bytes()
+                .all(|x| x.is_ascii_alphanumeric() || b"._-/:".contains(&x));
+        if !name_ok {
+            return Err(format!(
+                "{}: {b:?} is not an event bus name or ARN",
+                key("event_bus")
+            ));
+        }
+    }
+    if let Some(s) = &c.source {
+        if s.is_empty() || s.len() > 256 || s.starts_with("aws.") {
+            return Err(format!(
+                "{}: {s:?} must be 1 to 256 characters and not start with \"aws.\"",
+                key("source")
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn read_secret(c: &EscalationConfig, i: usize) -> anyhow::Result<Option<String>> {
     if let Some(var) = &c.secret_env {
         let key = format!("escalation[{i}].secret_env");
@@ -357,6 +521,8 @@ enum Target {
         url: reqwest::Url,
         routing_key: String,
     },
+    SecurityHub(security_hub::SecurityHub),
+    EventBridge(eventbridge::EventBridge),
 }
 
 struct Destination {
@@ -467,6 +633,12 @@ impl Escalator {
                         url: check_url(url).map_err(anyhow::Error::msg)?,
                         routing_key,
                     }
+                }
+                DestinationKind::SecurityHub => {
+                    Target::SecurityHub(security_hub::SecurityHub::new(c))
+                }
+                DestinationKind::Eventbridge => {
+                    Target::EventBridge(eventbridge::EventBridge::new(c))
                 }
             };
             let dir = spool_dir.join(&name);
@@ -647,132 +819,200 @@ impl Escalator {
         let mut failures: u32 = 0;
         let mut not_before: Option<tokio::time::Instant> = None;
         loop {
-            let Some(next) = d.spool.head() else {
+            let mut batch = d.spool.head_batch(d.kind.batch());
+            if batch.is_empty() {
                 tokio::select! {
                     _ = d.wake.notified() => continue,
                     _ = shutdown.cancelled() => return,
                 }
-            };
+            }
+            if let Target::EventBridge(eb) = &d.target {
+                let refs: Vec<&Finding> = batch.iter().map(|p| p.finding.as_ref()).collect();
+                let n = eb.take(&refs);
+                batch.truncate(n);
+            }
             if let Some(t) = not_before.take() {
                 tokio::select! {
                     _ = tokio::time::sleep_until(t) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }
+            // One token per request, whatever the batch size.
             while let Err(wait) = bucket.take(Instant::now()) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }
-            if next.attempts > 0 {
-                m.escalation_retries.with_label_values(&[&d.name]).inc();
+            for p in &batch {
+                if p.attempts > 0 {
+                    m.escalation_retries.with_label_values(&[&d.name]).inc();
+                }
             }
-            let f = &next.finding;
-            let outcome = tokio::select! {
-                o = self.attempt(d, f) => o,
+            let outcomes = tokio::select! {
+                o = self.attempt(d, &batch) => o,
                 _ = shutdown.cancelled() => return,
             };
-            match outcome {
-                Attempt::Delivered => {
-                    failures = 0;
-                    m.escalations
-                        .with_label_values(&[&d.name, "delivered"])
-                        .inc();
-                    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&f.detected_at) {
-                        let ms = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                            .num_milliseconds()
-                            .max(0);
-                        m.escalation_latency
-                            .with_label_values(&[&d.name])
-                            .observe(ms as f64 / 1000.0);
+            let mut retry_after: Option<Option<Duration>> = None;
+            let mut progressed = false;
+            for (next, outcome) in batch.iter().zip(outcomes) {
+                match self.settle_one(d, next, outcome) {
+                    Settled::Done => progressed = true,
+                    Settled::Retry(after) => {
+                        let prev = retry_after.flatten();
+                        retry_after = Some(match (prev, after) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        });
                     }
-                    if let Err(e) = d.spool.finish(&f.id, "delivered") {
-                        // The spool file may be left: it would be sent once more after a
-                        // restart, which the destination deduplicates.
-                        tracing::error!(destination = %d.name, id = %f.id, "escalation spool: {e}");
-                    }
-                    tracing::debug!(destination = %d.name, id = %f.id, attempts = next.attempts + 1, "finding escalated");
                 }
-                Attempt::Retry { reason, after } => {
+            }
+            match retry_after {
+                Some(after) => {
                     failures += 1;
-                    m.escalations.with_label_values(&[&d.name, "retried"]).inc();
                     let wait = after
                         .unwrap_or_else(|| delivery::backoff(failures, d.retry_base, d.retry_max));
-                    tracing::warn!(
-                        destination = %d.name,
-                        id = %f.id,
-                        attempt = next.attempts + 1,
-                        retry_in_ms = wait.as_millis() as u64,
-                        "escalation failed, will retry: {reason}"
-                    );
-                    d.spool.requeue(&f.id);
                     not_before = Some(tokio::time::Instant::now() + wait);
                 }
-                Attempt::Rejected { status, body } => {
-                    m.escalations
-                        .with_label_values(&[&d.name, "rejected"])
-                        .inc();
-                    tracing::error!(
-                        destination = %d.name,
-                        id = %f.id,
-                        status,
-                        "escalation rejected, dead-lettered: {}",
-                        render::truncate(&body, 200)
-                    );
-                    let record = serde_json::json!({
-                        "time": now_rfc3339(),
-                        "destination": d.name,
-                        "type": d.kind.as_str(),
-                        "finding_id": f.id,
-                        "rule": f.rule,
-                        "reason": format!("rejected with HTTP {status}"),
-                        "status": status,
-                        "response": body,
-                        "attempts": next.attempts + 1,
-                        "finding": f.as_ref(),
-                    });
-                    match self.dead_letters.write(&record) {
-                        Ok(()) => {
-                            failures = 0;
-                            m.escalations
-                                .with_label_values(&[&d.name, "dead_lettered"])
-                                .inc();
-                            if let Err(e) = d.spool.finish(&f.id, "dead_lettered") {
-                                tracing::error!(destination = %d.name, id = %f.id, "escalation spool: {e}");
-                            }
-                        }
-                        Err(e) => {
-                            // Kept in the spool: tried again later rather than lost.
-                            failures += 1;
-                            tracing::error!(
-                                destination = %d.name,
-                                id = %f.id,
-                                "writing {}: {e}",
-                                self.dead_letters.path().display()
-                            );
-                            d.spool.requeue(&f.id);
-                            not_before = Some(
-                                tokio::time::Instant::now()
-                                    + delivery::backoff(failures, d.retry_base, d.retry_max),
-                            );
-                        }
-                    }
-                }
+                None if progressed => failures = 0,
+                None => {}
             }
             self.update_depth(i);
         }
     }
 
-    /// One request.
-    async fn attempt(&self, d: &Destination, f: &Finding) -> Attempt {
-        let (url, body) = match &d.target {
-            Target::Webhook { url, .. } => (url, render::ocsf_detection_finding(f)),
-            Target::Slack { url } => (url, render::slack_message(f)),
-            Target::Pagerduty { url, routing_key } => {
-                (url, render::pagerduty_event(f, routing_key))
+    /// Records what one attempt at one finding came to: delivered, dead-lettered, or requeued
+    /// for another try.
+    fn settle_one(&self, d: &Destination, next: &spool::Pending, outcome: Attempt) -> Settled {
+        let m = &self.metrics;
+        let f = &next.finding;
+        match outcome {
+            Attempt::Delivered => {
+                m.escalations
+                    .with_label_values(&[&d.name, "delivered"])
+                    .inc();
+                if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&f.detected_at) {
+                    let ms = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                        .num_milliseconds()
+                        .max(0);
+                    m.escalation_latency
+                        .with_label_values(&[&d.name])
+                        .observe(ms as f64 / 1000.0);
+                }
+                if let Err(e) = d.spool.finish(&f.id, "delivered") {
+                    // The spool file may be left: it would be sent once more after a
+                    // restart, which the destination deduplicates.
+                    tracing::error!(destination = %d.name, id = %f.id, "escalation spool: {e}");
+                }
+                tracing::debug!(destination = %d.name, id = %f.id, attempts = next.attempts + 1, "finding escalated");
+                Settled::Done
             }
-        };
+            Attempt::Retry { reason, after } => {
+                m.escalations.with_label_values(&[&d.name, "retried"]).inc();
+                tracing::warn!(
+                    destination = %d.name,
+                    id = %f.id,
+                    attempt = next.attempts + 1,
+                    "escalation failed, will retry: {reason}"
+                );
+                d.spool.requeue(&f.id);
+                Settled::Retry(after)
+            }
+            Attempt::Rejected { status, body } => {
+                m.escalations
+                    .with_label_values(&[&d.name, "rejected"])
+                    .inc();
+                let reason = if status == 0 {
+                    format!("rejected: {}", render::truncate(&body, 200))
+                } else {
+                    format!("rejected with HTTP {status}")
+                };
+                tracing::error!(
+                    destination = %d.name,
+                    id = %f.id,
+                    status,
+                    "escalation rejected, dead-lettered: {}",
+                    render::truncate(&body, 200)
+                );
+                let record = serde_json::json!({
+                    "time": now_rfc3339(),
+                    "destination": d.name,
+                    "type": d.kind.as_str(),
+                    "finding_id": f.id,
+                    "rule": f.rule,
+                    "reason": reason,
+                    "status": status,
+                    "response": body,
+                    "attempts": next.attempts + 1,
+                    "finding": f.as_ref(),
+                });
+                match self.dead_letters.write(&record) {
+                    Ok(()) => {
+                        m.escalations
+                            .with_label_values(&[&d.name, "dead_lettered"])
+                            .inc();
+                        if let Err(e) = d.spool.finish(&f.id, "dead_lettered") {
+                            tracing::error!(destination = %d.name, id = %f.id, "escalation spool: {e}");
+                        }
+                        Settled::Done
+                    }
+                    Err(e) => {
+                        // Kept in the spool: tried again later rather than lost.
+                        tracing::error!(
+                            destination = %d.name,
+                            id = %f.id,
+                            "writing {}: {e}",
+                            self.dead_letters.path().display()
+                        );
+                        d.spool.requeue(&f.id);
+                        Settled::Retry(None)
+                    }
+                }
+            }
+        }
+    }
+
+    /// One request for `batch`: one outcome per finding, in order.
+    async fn attempt(&self, d: &Destination, batch: &[spool::Pending]) -> Vec<Attempt> {
+        let findings: Vec<&Finding> = batch.iter().map(|p| p.finding.as_ref()).collect();
+        match &d.target {
+            Target::SecurityHub(hub) => hub.send(&findings).await,
+            Target::EventBridge(eb) => eb.send(&findings).await,
+            Target::Webhook { url, key } => {
+                let mut out = Vec::with_capacity(findings.len());
+                for f in findings {
+                    let body = render::ocsf_detection_finding(f);
+                    out.push(self.post(d, f, url, body, Some(key)).await);
+                }
+                out
+            }
+            Target::Slack { url } => {
+                let mut out = Vec::with_capacity(findings.len());
+                for f in findings {
+                    out.push(self.post(d, f, url, render::slack_message(f), None).await);
+                }
+                out
+            }
+            Target::Pagerduty { url, routing_key } => {
+                let mut out = Vec::with_capacity(findings.len());
+                for f in findings {
+                    let body = render::pagerduty_event(f, routing_key);
+                    out.push(self.post(d, f, url, body, None).await);
+                }
+                out
+            }
+        }
+    }
+
+    /// One HTTP POST of one finding (webhook, Slack, PagerDuty); `key` signs it (webhook).
+    async fn post(
+        &self,
+        d: &Destination,
+        f: &Finding,
+        url: &reqwest::Url,
+        body: serde_json::Value,
+        key: Option<&SigningKey>,
+    ) -> Attempt {
         let body = match serde_json::to_vec(&body) {
             Ok(b) => b,
             Err(e) => {
@@ -787,7 +1027,7 @@ impl Escalator {
             .post(url.clone())
             .timeout(d.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Target::Webhook { key, .. } = &d.target {
+        if let Some(key) = key {
             let ts = chrono::Utc::now().timestamp();
             req = req
                 .header("webhook-id", &f.id)
@@ -857,10 +1097,14 @@ fn describe_error(e: reqwest::Error) -> String {
     s
 }
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+use delivery::now_rfc3339;
+
+/// What became of one finding of a batch.
+enum Settled {
+    /// Delivered or dead-lettered.
+    Done,
+    /// Requeued; the destination said when to try again, or not.
+    Retry(Option<Duration>),
 }
 
 #[cfg(test)]

@@ -284,6 +284,23 @@ impl Spool {
         })
     }
 
+    /// The next `n` deliveries to attempt, oldest first (a batch for the APIs that take many).
+    pub fn head_batch(&self, n: usize) -> Vec<Pending> {
+        let st = self.lock();
+        st.order
+            .values()
+            .take(n)
+            .map(|id| {
+                let (seq, e) = &st.pending[id];
+                Pending {
+                    seq: *seq,
+                    finding: e.finding.clone(),
+                    attempts: e.attempts,
+                }
+            })
+            .collect()
+    }
+
     /// A failed attempt: the delivery goes to the back of the queue, so that one finding the
     /// destination keeps failing on does not hold up the others.
     pub fn requeue(&self, id: &str) {

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::sequence::SequenceNumber;
-use super::{list_shards, shard, ShardExit, Shared, Start};
+use super::{list_shards, ShardExit, Shared, Start};
 use crate::config::{CoordinationConfig, StartPosition};
 use crate::coord::dynamo::{CallCounts, LeaseTable, StateTable};
 use crate::coord::lease::{self, Lease, LeaseClock, Renewal};
@@ -492,7 +492,7 @@ fn start_readers(
         h.running = true;
         let (shared, id, stop) = (shared.clone(), key.clone(), h.stop.clone());
         tasks.spawn(async move {
-            let res = shard::read_shard(shared, id.clone(), start, stop).await;
+            let res = super::read(shared, id.clone(), start, stop).await;
             (id, res)
         });
     }

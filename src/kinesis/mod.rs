@@ -8,6 +8,7 @@
 //! checkpoint never covers a record whose findings are not yet written, and never misses one.
 //! API: <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_GetRecords.html>
 
+pub mod fan_out;
 mod leased;
 pub mod sequence;
 mod shard;
@@ -23,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, ShardCheckpoint};
-use crate::config::{Backend, Config, KinesisConfig, StartPosition};
+use crate::config::{Backend, Config, ConsumerKind, KinesisConfig, StartPosition};
 use crate::decode::Limits;
 use crate::engine::Engine;
 use crate::escalation::Escalator;
@@ -84,6 +85,21 @@ pub(crate) struct Shared {
     pub kinesis: KinesisConfig,
     /// Several workers on one stream (`[coordination] backend = "dynamodb"`).
     pub coordination: Option<Arc<leased::Coordination>>,
+    /// The stream consumer's ARN, when reading through enhanced fan-out.
+    pub consumer_arn: Option<String>,
+}
+
+/// Reads one shard the configured way (polling, or enhanced fan-out).
+pub(crate) async fn read(
+    shared: Arc<Shared>,
+    shard_id: String,
+    start: Start,
+    stop: CancellationToken,
+) -> anyhow::Result<ShardExit> {
+    match shared.consumer_arn.clone() {
+        Some(arn) => fan_out::read_shard(shared, arn, shard_id, start, stop).await,
+        None => shard::read_shard(shared, shard_id, start, stop).await,
+    }
 }
 
 /// Where a shard task starts.
@@ -233,6 +249,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let spool = cfg.checkpoint.dir.join("escalation-spool");
     let escalator = Arc::new(Escalator::new(&cfg.escalation, &spool, metrics.clone())?);
     let delivery = tokio::spawn(escalator.clone().deliver(shutdown.child_token()));
+    let client = Client::new(&sdk);
+    let consumer_arn = match cfg.kinesis.consumer {
+        ConsumerKind::Polling => None,
+        ConsumerKind::EnhancedFanOut => {
+            Some(fan_out::ensure_consumer(&client, &stream, &cfg.kinesis.consumer_name).await?)
+        }
+    };
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         limits: Limits::from(&cfg.input),
@@ -245,10 +268,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         watermarks: Watermarks::new(cfg.detection.idle_secs),
         gate: tokio::sync::RwLock::new(()),
         shutdown: shutdown.clone(),
-        client: Client::new(&sdk),
+        client,
         stream: stream.clone(),
         kinesis: cfg.kinesis.clone(),
         coordination: coordination.clone(),
+        consumer_arn,
     });
 
     // The health server outlives `shutdown`: /readyz answers 503 while the shard tasks drain
@@ -611,7 +635,7 @@ fn start_eligible(
         let (shared, id) = (shared.clone(), id.clone());
         tasks.spawn(async move {
             let stop = shared.shutdown.child_token();
-            let res = shard::read_shard(shared, id.clone(), start, stop).await;
+            let res = read(shared, id.clone(), start, stop).await;
             (id, res)
         });
     }

@@ -21,7 +21,7 @@ use crate::event::parse_time;
 use crate::finding::Finding;
 
 /// Exponential backoff with full jitter.
-struct Backoff {
+pub(crate) struct Backoff {
     attempt: u32,
 }
 
@@ -29,26 +29,30 @@ impl Backoff {
     const BASE_MS: u64 = 200;
     const MAX_MS: u64 = 10_000;
 
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn new() -> Backoff {
+        Backoff { attempt: 0 }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let cap = (Self::BASE_MS << self.attempt.min(6)).min(Self::MAX_MS);
         self.attempt += 1;
         Duration::from_millis(rand::rng().random_range(Self::BASE_MS / 2..=cap))
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }
 
 /// Sleeps unless told to stop first; returns false on stop.
-async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+pub(crate) async fn pause(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(d) => true,
     }
 }
 
-async fn get_iterator(
+pub(crate) async fn get_iterator(
     shared: &Shared,
     shard_id: &str,
     start: &Start,
@@ -81,7 +85,7 @@ pub(crate) async fn read_shard(
     stop: CancellationToken,
 ) -> anyhow::Result<ShardExit> {
     let m = &shared.metrics;
-    let mut backoff = Backoff { attempt: 0 };
+    let mut backoff = Backoff::new();
     let mut iterator: Option<String> = None;
     let mut scratch = Scratch::default();
     let poll = Duration::from_millis(shared.kinesis.poll_interval_ms);
@@ -205,7 +209,7 @@ pub(crate) async fn read_shard(
 /// mid-batch is exact. Stops at a record boundary when `stop` fires (shutdown, or the lease was
 /// lost: the next owner reads on from the checkpoint). Returns the last sequence number
 /// processed.
-async fn process_batch(
+pub(crate) async fn process_batch(
     shared: &Arc<Shared>,
     shard_id: &str,
     records: &[Record],

@@ -44,7 +44,44 @@ pub struct MotoServer {
     child: Child,
     port: u16,
     log_path: PathBuf,
+    serial: bool,
     _dir: tempfile::TempDir,
+}
+
+/// Starts moto on `port` (serial: one request at a time) and waits until it answers.
+fn spawn_on(port: u16, serial: bool, dir: &Path) -> Result<(Child, PathBuf), String> {
+    let bin = moto_binary();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let log_path = dir.join(format!("moto-{port}-{n}.log"));
+    let mut cmd = if serial {
+        let python = bin.with_file_name("python");
+        let mut c = Command::new(python);
+        c.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/stack/moto-serial.py"
+        ))
+        .arg(port.to_string());
+        c
+    } else {
+        let mut c = Command::new(bin);
+        c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        c
+    };
+    let mut child = launch(&mut cmd, &log_path, "moto server");
+    match wait_ready(
+        &mut child,
+        port,
+        "/moto-api/",
+        Duration::ZERO,
+        READY_TIMEOUT,
+        "moto server",
+    ) {
+        Ok(()) => Ok((child, log_path)),
+        Err(e) => Err(give_up(child, &log_path, "moto", e)),
+    }
 }
 
 impl MotoServer {
@@ -65,47 +102,54 @@ impl MotoServer {
         static ENV: OnceLock<()> = OnceLock::new();
         ENV.get_or_init(|| std::env::set_var("AWS_EC2_METADATA_DISABLED", "true"));
 
-        let bin = moto_binary();
         let dir = tempfile::tempdir().expect("temp dir for the moto log");
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            let log_path = dir.path().join(format!("moto-{port}.log"));
-            let mut cmd = if serial {
-                let python = bin.with_file_name("python");
-                let mut c = Command::new(python);
-                c.arg(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/tests/stack/moto-serial.py"
-                ))
-                .arg(port.to_string());
-                c
-            } else {
-                let mut c = Command::new(bin);
-                c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-                c
-            };
-            let mut child = launch(&mut cmd, &log_path, "moto server");
-            match wait_ready(
-                &mut child,
-                port,
-                "/moto-api/",
-                Duration::ZERO,
-                READY_TIMEOUT,
-                "moto server",
-            ) {
-                Ok(()) => {
+            match spawn_on(port, serial, dir.path()) {
+                Ok((child, log_path)) => {
                     return MotoServer {
                         child,
                         port,
                         log_path,
+                        serial,
                         _dir: dir,
                     }
                 }
-                Err(e) => last_error = give_up(child, &log_path, "moto", e),
+                Err(e) => last_error = e,
             }
         }
         panic!("moto server did not start after {START_ATTEMPTS} attempts: {last_error}");
+    }
+
+    /// Stops the server (an outage): its state is gone, its port free.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh server (empty state) on the same port, after [`MotoServer::stop`].
+    pub fn restart(&mut self) {
+        self.stop();
+        let dir = self.log_path.parent().expect("log dir").to_path_buf();
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match spawn_on(self.port, self.serial, &dir) {
+                Ok((child, log_path)) => {
+                    self.child = child;
+                    self.log_path = log_path;
+                    return;
+                }
+                Err(e) => {
+                    last_error = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        panic!(
+            "moto server did not restart on port {}: {last_error}",
+            self.port
+        );
     }
 
     pub fn port(&self) -> u16 {
@@ -138,6 +182,18 @@ impl MotoServer {
 
     pub async fn logs(&self) -> aws_sdk_cloudwatchlogs::Client {
         aws_sdk_cloudwatchlogs::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn security_hub(&self) -> aws_sdk_securityhub::Client {
+        aws_sdk_securityhub::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn eventbridge(&self) -> aws_sdk_eventbridge::Client {
+        aws_sdk_eventbridge::Client::new(&self.sdk_config().await)
+    }
+
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk_config().await)
     }
 
     /// Creates a Kinesis stream, waits until it is ACTIVE and returns its ARN.
