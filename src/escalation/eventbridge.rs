@@ -248,10 +248,8 @@ fn longest_cuttable(v: &mut Value) -> Option<&mut String> {
                     walk(x, best);
                 }
             }
-            Value::String(s) => {
-                if s.len() > 64 && best.as_ref().is_none_or(|b| s.len() > b.len()) {
-                    *best = Some(s);
-                }
+            Value::String(s) if s.len() > 64 && best.as_ref().is_none_or(|b| s.len() > b.len()) => {
+                *best = Some(s);
             }
             _ => {}
         }
