@@ -686,6 +686,45 @@ mod tests {
                 "[kinesis]\nstart_position = \"EARLIEST\"\n",
                 "start_position",
             ),
+            ("[kinesis]\nconsumer = \"push\"\n", "consumer"),
+            ("[kinesis]\nresubscribe_secs = 301\n", "kinesis.resubscribe_secs"),
+            ("[kinesis]\nconsumer_name = \"a b\"\n", "kinesis.consumer_name"),
+            (
+                "[[escalation]]\ntype = \"security_hub\"\nurl = \"https://x\"\n",
+                "escalation[0].url",
+            ),
+            (
+                "[[escalation]]\ntype = \"eventbridge\"\nsecret_env = \"S\"\n",
+                "escalation[0].secret_env",
+            ),
+            (
+                "[[escalation]]\ntype = \"security_hub\"\naccount_id = \"12\"\n",
+                "escalation[0].account_id",
+            ),
+            (
+                "[[escalation]]\ntype = \"security_hub\"\nproduct_arn = \"x\"\n",
+                "escalation[0].product_arn",
+            ),
+            (
+                "[[escalation]]\ntype = \"eventbridge\"\nevent_bus = \"a b\"\n",
+                "escalation[0].event_bus",
+            ),
+            (
+                "[[escalation]]\ntype = \"eventbridge\"\nsource = \"aws.events\"\n",
+                "escalation[0].source",
+            ),
+            (
+                "[[escalation]]\ntype = \"eventbridge\"\naccount_id = \"111122223333\"\n",
+                "escalation[0].account_id: only for type",
+            ),
+            (
+                "[[escalation]]\ntype = \"pagerduty\"\nsecret_env = \"K\"\nregion = \"eu-west-1\"\n",
+                "escalation[0].region: only for type",
+            ),
+            (
+                "[[escalation]]\ntype = \"security_hub\"\nregion = \"EU West\"\n",
+                "escalation[0].region",
+            ),
             ("[coordination]\nbackend = \"zookeeper\"\n", "backend"),
             (
                 "[coordination]\nbackend = \"dynamodb\"\nlease_table = \"a b\"\n",

@@ -196,6 +196,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn aws_entry_failures_are_retried_unless_the_record_is_invalid() {
+        for code in ["InvalidInput", "ValidationException", "MalformedDetail"] {
+            match entry_failure(code, "bad") {
+                Attempt::Rejected { status, body } => {
+                    assert_eq!(status, 0);
+                    assert_eq!(body, format!("{code}: bad"));
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        for code in [
+            "ThrottlingException",
+            "InternalFailure",
+            "AccessDeniedException",
+            "InvalidAccessException",
+            "ResourceNotFoundException",
+            "",
+        ] {
+            assert!(
+                matches!(entry_failure(code, "x"), Attempt::Retry { after: None, .. }),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
     fn retry_after_forms() {
         let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
             .unwrap()
