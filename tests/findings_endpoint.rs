@@ -64,21 +64,46 @@ async fn stream(moto: &MotoServer) {
         .await;
 }
 
-/// Waits until the findings file holds `n` findings; returns them in file order.
-async fn await_findings(run: &mut Run, state: &State, n: usize) -> Vec<Value> {
-    run.wait_for(
-        &format!("{n} findings in the file"),
-        FINDINGS_TIMEOUT,
-        || {
-            let f = state.findings();
-            if f.len() >= n {
-                Ok(f)
-            } else {
-                Err(format!("{} findings: {f:?}", f.len()))
-            }
-        },
-    )
-    .await
+/// Waits until the findings file holds `n` findings and `GET /findings` lists as many (the
+/// ring is filled just after the file is flushed); returns them in file order.
+async fn await_findings(
+    run: &mut Run,
+    state: &State,
+    n: usize,
+    api: &Client,
+    token: Option<&str>,
+) -> Vec<Value> {
+    let written = run
+        .wait_for(
+            &format!("{n} findings in the file"),
+            FINDINGS_TIMEOUT,
+            || {
+                let f = state.findings();
+                if f.len() >= n {
+                    Ok(f)
+                } else {
+                    Err(format!("{} findings: {f:?}", f.len()))
+                }
+            },
+        )
+        .await;
+    let deadline = std::time::Instant::now() + FINDINGS_TIMEOUT;
+    loop {
+        let listed = api.findings("limit=1000", token).await["count"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        if listed >= written.len() {
+            return written;
+        }
+        run.assert_running("GET /findings to list what was written");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GET /findings lists {listed} of {} findings written\n{}",
+            written.len(),
+            run.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 struct Client {
@@ -165,8 +190,8 @@ async fn findings_lists_what_run_wrote_newest_first_and_filters_by_rule_severity
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut run = Run::start(&moto.endpoint(), STREAM, &state, Some(&addr), &[]);
-    let written = await_findings(&mut run, &state, 2 * first.len()).await;
     let api = Client::new(port);
+    let written = await_findings(&mut run, &state, 2 * first.len(), &api, None).await;
 
     // Everything, newest first; the full view is each finding exactly as written.
     let all = api.findings("limit=1000", None).await;
@@ -249,7 +274,14 @@ async fn findings_lists_what_run_wrote_newest_first_and_filters_by_rule_severity
         .to_string();
     let second = sessions("find-b", 2, NETS);
     put(&moto, &second).await;
-    let written = await_findings(&mut run, &state, 2 * (first.len() + second.len())).await;
+    let written = await_findings(
+        &mut run,
+        &state,
+        2 * (first.len() + second.len()),
+        &api,
+        None,
+    )
+    .await;
     let later: Vec<Value> = written[2 * first.len()..].to_vec();
     assert_eq!(
         api.ids(&format!("since={mid}"), None).await,
@@ -325,8 +357,8 @@ async fn findings_requires_the_configured_bearer_token_and_a_refusal_tells_nothi
         Some(&addr),
         &[("CREDWATCH_METRICS__FINDINGS_TOKEN_FILE", &token_path)],
     );
-    let written = await_findings(&mut run, &state, 2 * sessions.len()).await;
     let api = Client::new(port);
+    let written = await_findings(&mut run, &state, 2 * sessions.len(), &api, Some(TOKEN)).await;
 
     // What must not show in a refusal: keys, addresses, accounts, sessions, finding ids.
     let mut secrets: Vec<String> = vec![ACCT.to_string()];
