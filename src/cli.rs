@@ -17,6 +17,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FINDINGS: i32 = 1;
 /// Exit status: an error stopped the command.
 pub const EXIT_ERROR: i32 = 2;
+/// Exit status: `hunt --escalate` could not deliver every finding (some remain spooled, or a
+/// destination rejected them).
+pub const EXIT_UNDELIVERED: i32 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -115,6 +118,28 @@ pub struct HuntArgs {
     /// Exit with status 1 when there are findings.
     #[arg(long, env = "CREDWATCH_FAIL_ON_FINDINGS")]
     pub fail_on_findings: bool,
+    /// Send the findings through the config's `[[escalation]]` destinations, by the escalation
+    /// spool of the checkpoint folder (the one `run` uses): what was already delivered from that
+    /// folder is not sent again. Exits with status 3 when some could not be delivered.
+    #[arg(long, env = "CREDWATCH_ESCALATE")]
+    pub escalate: bool,
+    /// With `--escalate`: print what would be sent to each destination and what it already has;
+    /// send nothing, write nothing.
+    #[arg(long, env = "CREDWATCH_ESCALATE_DRY_RUN", requires = "escalate")]
+    pub dry_run: bool,
+    /// With `--escalate`: the checkpoint folder whose escalation spool to use (`checkpoint.dir`).
+    #[arg(long, env = "CREDWATCH_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// With `--escalate`: how long to try to deliver before giving up; what is left stays
+    /// spooled for the next `run` or `hunt --escalate` on the same folder.
+    #[arg(
+        long,
+        visible_alias = "escalate-timeout",
+        env = "CREDWATCH_ESCALATE_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub escalate_timeout_secs: u64,
     /// Files or folders: CloudTrail S3 objects (.json/.json.gz), JSON arrays, EventBridge events,
     /// JSON lines, CloudWatch Logs subscription envelopes.
     #[arg(required = true, env = "CREDWATCH_PATHS", value_delimiter = ',')]
@@ -155,13 +180,27 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 fn hunt_cmd(args: HuntArgs) -> i32 {
-    let cfg = match Config::load(args.config.as_deref()) {
+    let mut cfg = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("credwatch: config: {e}");
             return EXIT_ERROR;
         }
     };
+    if let Some(d) = &args.checkpoint_dir {
+        cfg.checkpoint.dir = d.clone();
+    }
+    if args.escalate && cfg.escalation.is_empty() {
+        eprintln!(
+            "credwatch: hunt --escalate: the configuration has no [[escalation]] destination{}",
+            if args.config.is_none() {
+                " (no --config given)"
+            } else {
+                ""
+            }
+        );
+        return EXIT_ERROR;
+    }
     let files = match hunt::collect_files(&args.paths) {
         Ok(f) => f,
         Err(e) => {
@@ -181,6 +220,8 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_failed = false;
+    // Kept for `--escalate`.
+    let mut found: Vec<crate::finding::Finding> = Vec::new();
     if args.output == OutputFormat::Table {
         let _ = writeln!(
             out,
@@ -200,6 +241,9 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
                 OutputFormat::Table => writeln!(out, "{}", f.summary_line()),
             };
             write_failed |= res.is_err();
+            if args.escalate {
+                found.push(f.clone());
+            }
         },
         |b| tracing::warn!(kind = b.kind.as_str(), position = %b.position, detail = %b.detail, "bad record set aside"),
     );
@@ -209,10 +253,69 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         eprintln!("credwatch: could not write findings to stdout");
         return EXIT_ERROR;
     }
+    if args.escalate {
+        let status = escalate_hunt(&cfg, &found, &args);
+        if status != EXIT_OK {
+            return status;
+        }
+    }
     if args.fail_on_findings && summary.total_findings() > 0 {
         return EXIT_FINDINGS;
     }
     EXIT_OK
+}
+
+/// `hunt --escalate` (and `--dry-run`) once the hunt is over: the plan, or the deliveries and
+/// what is left.
+fn escalate_hunt(cfg: &Config, found: &[crate::finding::Finding], args: &HuntArgs) -> i32 {
+    let spool = hunt::escalate::spool_dir(&cfg.checkpoint.dir);
+    if args.dry_run {
+        return match hunt::escalate::plan(&cfg.escalation, &spool, found) {
+            Ok(plans) => {
+                eprint!("{}", hunt::escalate::render_plan(&spool, &plans));
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!(
+                    "credwatch: escalation dry run: reading {}: {e}",
+                    spool.display()
+                );
+                EXIT_ERROR
+            }
+        };
+    }
+    if let Some(age) = hunt::escalate::checkpoint_age(&cfg.checkpoint.dir) {
+        if age.as_secs() < (3 * cfg.checkpoint.interval_secs).max(30) {
+            eprintln!(
+                "credwatch: warning: {} was written {} s ago: if a `credwatch run` uses this folder,                  both deliver its pending findings (the destinations get some twice)",
+                cfg.checkpoint.dir.join(crate::checkpoint::FILE_NAME).display(),
+                age.as_secs()
+            );
+        }
+    }
+    let Some(rt) = runtime() else {
+        return EXIT_ERROR;
+    };
+    let timeout = std::time::Duration::from_secs(args.escalate_timeout_secs);
+    match rt.block_on(hunt::escalate::escalate(
+        &cfg.escalation,
+        &spool,
+        found,
+        timeout,
+    )) {
+        Ok(report) => {
+            eprint!("{}", report.render());
+            if report.complete() {
+                EXIT_OK
+            } else {
+                EXIT_UNDELIVERED
+            }
+        }
+        Err(e) => {
+            eprintln!("credwatch: escalation: {e:#}");
+            EXIT_ERROR
+        }
+    }
 }
 
 fn run_cmd(args: RunArgs) -> i32 {

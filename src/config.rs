@@ -381,17 +381,30 @@ pub struct OutputConfig {
     pub dead_letter_file: Option<PathBuf>,
 }
 
-/// `[metrics]`: the Prometheus and health endpoint.
+/// `[metrics]`: the Prometheus and health endpoint, and `GET /findings` beside it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub addr: String,
+    /// The most recent findings `GET /findings` serves (kept in memory, newest first);
+    /// 0 turns the endpoint off.
+    pub findings_capacity: usize,
+    /// Environment variable holding the bearer token `GET /findings` requires. With a token
+    /// (here or in `findings_token_file`) the endpoint always requires it; without one it is
+    /// open on a loopback address and off on any other.
+    pub findings_token_env: Option<String>,
+    /// File holding that token (instead of `findings_token_env`); surrounding whitespace is
+    /// ignored.
+    pub findings_token_file: Option<PathBuf>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             addr: "127.0.0.1:9898".into(),
+            findings_capacity: crate::recent::DEFAULT_CAPACITY,
+            findings_token_env: None,
+            findings_token_file: None,
         }
     }
 }
@@ -608,6 +621,34 @@ impl Config {
                 "checkpoint.interval_secs: must be above 0".into(),
             ));
         }
+        let m = &self.metrics;
+        if m.findings_capacity > crate::recent::MAX_CAPACITY {
+            return Err(ConfigError(format!(
+                "metrics.findings_capacity: must be at most {}",
+                crate::recent::MAX_CAPACITY
+            )));
+        }
+        if m.findings_token_env.is_some() && m.findings_token_file.is_some() {
+            return Err(ConfigError(
+                "metrics.findings_token_file: set either findings_token_env or findings_token_file, not both"
+                    .into(),
+            ));
+        }
+        if let Some(var) = &m.findings_token_env {
+            if var.trim().is_empty() || var.contains('=') || var.contains('\0') {
+                return Err(ConfigError(format!(
+                    "metrics.findings_token_env: {var:?} is not an environment variable name"
+                )));
+            }
+        }
+        if m.findings_token_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError(
+                "metrics.findings_token_file: must not be empty".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -743,6 +784,23 @@ mod tests {
                 "coordination.lease_duration_secs",
             ),
             ("[coordination]\nworker_id = \" \"\n", "coordination.worker_id"),
+            (
+                "[metrics]\nfindings_capacity = 100001\n",
+                "metrics.findings_capacity",
+            ),
+            (
+                "[metrics]\nfindings_token_env = \"A\"\nfindings_token_file = \"/t\"\n",
+                "metrics.findings_token_file",
+            ),
+            (
+                "[metrics]\nfindings_token_env = \"A=B\"\n",
+                "metrics.findings_token_env",
+            ),
+            (
+                "[metrics]\nfindings_token_file = \"\"\n",
+                "metrics.findings_token_file",
+            ),
+            ("[metrics]\nfindings_token = \"x\"\n", "findings_token"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml_str(text).unwrap_err().to_string();

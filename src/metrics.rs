@@ -185,6 +185,8 @@ pub struct Metrics {
     /// Set by the coordinator: true once shards are assigned, false again while shutting down.
     /// `/readyz` also requires at least one owned shard.
     pub ready: AtomicBool,
+    /// The findings written lately, for `GET /findings` (the findings sink pushes them).
+    pub recent_findings: Arc<crate::recent::RecentFindings>,
 }
 
 fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -577,6 +579,7 @@ impl Metrics {
             ),
             escalation_latency,
             ready: AtomicBool::new(false),
+            recent_findings: Arc::new(crate::recent::RecentFindings::default()),
             registry: r,
         }
     }
@@ -861,25 +864,51 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Binds the metrics and health server; returns the bound address and the serving future.
-/// The server stops (gracefully) when `shutdown` is cancelled.
+/// Binds the metrics and health server at `metrics.addr`; returns the bound address and the
+/// serving future. The server stops (gracefully) when `shutdown` is cancelled.
+///
+/// Beside `/metrics`, `/livez` and `/readyz` (always open), `GET /findings` serves the recent
+/// findings ([`crate::recent`]): its ring is sized by `metrics.findings_capacity` and filled
+/// from the end of `output.findings_file`; who may read it is decided from the bound address
+/// and the token ([`crate::recent::access`]), and said in the log. A token that cannot be read
+/// is an error.
 pub async fn serve(
-    addr: &str,
+    cfg: &crate::config::Config,
     metrics: Arc<Metrics>,
     engine: Arc<Engine>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let addr = &cfg.metrics.addr;
+    let token = crate::recent::access::read_token(&cfg.metrics)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("metrics.addr {addr}: {e}"))?;
     let local = listener.local_addr()?;
-    let app = Router::new()
+    let access = crate::recent::access::Access::decide(&cfg.metrics, local, token);
+    access.log(local);
+    let recent = metrics.recent_findings.clone();
+    recent.set_capacity(cfg.metrics.findings_capacity);
+    if let Some(path) = &cfg.output.findings_file {
+        match recent.preload_from_file(path) {
+            Ok(n) if n > 0 => {
+                tracing::info!(findings = n, file = %path.display(), "GET /findings: recent findings read back")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "GET /findings: could not read back the recent findings")
+            }
+        }
+    }
+    let mut app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/health/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/health/readyz", get(readyz))
         .with_state(HttpState { metrics, engine });
+    if let Some(findings) = crate::recent::http::router(access, recent) {
+        app = app.merge(findings);
+    }
     let handle = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::Serialize;
 
 use crate::decode::BadRecord;
 use crate::finding::Finding;
+use crate::recent::RecentFindings;
 
 /// Findings as JSON lines, each id at most once.
 pub struct FindingsSink {
@@ -26,6 +28,8 @@ pub struct FindingsSink {
     /// are read again and it is found again later, perhaps after a checkpoint: until then its
     /// id is carried from checkpoint to checkpoint.
     inherited: HashSet<String>,
+    /// Where what is written is also kept for `GET /findings`.
+    recent_findings: Option<Arc<RecentFindings>>,
 }
 
 /// The most inherited ids carried (findings are rare; this bounds a pathological file).
@@ -40,6 +44,7 @@ impl FindingsSink {
             offset: 0,
             recent: HashSet::new(),
             inherited: HashSet::new(),
+            recent_findings: None,
         }
     }
 
@@ -82,10 +87,18 @@ impl FindingsSink {
             path: Some(path.to_path_buf()),
             recent: HashSet::new(),
             inherited,
+            recent_findings: None,
         })
     }
 
-    /// Writes the findings not written before; flushes. Returns those written.
+    /// Every finding written from now on is also pushed into `recent` (`GET /findings`).
+    pub fn recording_into(mut self, recent: Arc<RecentFindings>) -> FindingsSink {
+        self.recent_findings = Some(recent);
+        self
+    }
+
+    /// Writes the findings not written before; flushes. Returns those written (and pushes
+    /// them into the recent findings, once they are in the file).
     pub fn write(&mut self, findings: &[Finding]) -> std::io::Result<Vec<Finding>> {
         let mut written = Vec::new();
         for f in findings {
@@ -102,6 +115,9 @@ impl FindingsSink {
             written.push(f.clone());
         }
         self.out.flush()?;
+        if let Some(r) = &self.recent_findings {
+            r.push(&written);
+        }
         Ok(written)
     }
 

@@ -721,11 +721,28 @@ fn dashboards_are_well_formed_grafana_json() {
                 p["description"].as_str().is_some_and(|s| !s.is_empty()),
                 "{name} / {title}: no description"
             );
-            assert_eq!(p["datasource"]["uid"], "${datasource}", "{name} / {title}");
             let targets = p["targets"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{name} / {title}: no targets"));
             assert!(!targets.is_empty(), "{name} / {title}: no targets");
+            // Tables of findings read GET /findings through Infinity, not PromQL.
+            if p["datasource"]["type"] == INFINITY {
+                let var = vars
+                    .iter()
+                    .find(|v| v["name"] == "findings_datasource")
+                    .unwrap_or_else(|| panic!("{name} / {title}: no findings_datasource variable"));
+                assert_eq!(var["type"], "datasource", "{name}: findings_datasource");
+                assert_eq!(var["query"], INFINITY, "{name}: findings_datasource");
+                assert_eq!(
+                    p["datasource"]["uid"], "${findings_datasource}",
+                    "{name} / {title}"
+                );
+                for t in targets {
+                    findings_target(t, &format!("{name} / {title}"));
+                }
+                continue;
+            }
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{name} / {title}");
             for t in targets {
                 let expr = t["expr"]
                     .as_str()
@@ -751,6 +768,137 @@ fn dashboards_are_well_formed_grafana_json() {
             }
         }
     }
+}
+
+/// The Infinity data source plugin (`yesoreyeram-infinity-datasource`).
+const INFINITY: &str = "yesoreyeram-infinity-datasource";
+
+/// Checks an Infinity target against what `GET /findings` offers: a JSON table of the `items`
+/// of `view=table`, every column one of its keys; returns (URL, column selectors).
+fn findings_target(t: &Value, what: &str) -> (String, Vec<String>) {
+    assert_eq!(
+        t["datasource"]["type"], INFINITY,
+        "{what}: target data source"
+    );
+    assert_eq!(t["type"], "json", "{what}");
+    assert_eq!(t["source"], "url", "{what}");
+    assert_eq!(t["format"], "table", "{what}");
+    assert_eq!(t["root_selector"], "items", "{what}");
+    let url = t["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no url"));
+    assert!(url.starts_with("/findings?"), "{what}: {url}");
+    assert!(url.contains("view=table"), "{what}: {url}");
+    let columns: Vec<String> = t["columns"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no columns"))
+        .iter()
+        .map(|c| {
+            assert!(
+                c["text"].as_str().is_some_and(|x| !x.is_empty()),
+                "{what}: {c}"
+            );
+            c["selector"].as_str().expect("selector").to_string()
+        })
+        .collect();
+    for c in &columns {
+        assert!(
+            credwatch::recent::query::TABLE_COLUMNS.contains(&c.as_str()),
+            "{what}: column {c} is not a column of GET /findings?view=table"
+        );
+    }
+    (url.to_string(), columns)
+}
+
+/// Every Infinity target of the dashboards: (dashboard / panel, URL, column selectors).
+fn findings_targets() -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for name in DASHBOARDS {
+        let d = dashboard(name);
+        let mut stack: Vec<&Value> = d["panels"].as_array().expect("panels").iter().collect();
+        while let Some(p) = stack.pop() {
+            if let Some(children) = p["panels"].as_array() {
+                stack.extend(children);
+            }
+            if p["datasource"]["type"] != INFINITY {
+                continue;
+            }
+            let what = format!("{name} / {}", p["title"].as_str().unwrap_or("?"));
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let (url, columns) = findings_target(t, &what);
+                out.push((what.clone(), url, columns));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_findings_table_reads_columns_that_a_live_findings_endpoint_returns() {
+    let targets = findings_targets();
+    assert!(!targets.is_empty(), "no dashboard reads GET /findings");
+    // What the SOC asked for: when, what, whose, from where (twice, with the place), which account.
+    let soc: Vec<&(String, String, Vec<String>)> = targets
+        .iter()
+        .filter(|(w, _, _)| w.starts_with("credwatch-soc.json"))
+        .collect();
+    assert_eq!(soc.len(), 1, "{targets:?}");
+    for c in [
+        "detected_at",
+        "rule",
+        "severity",
+        "session",
+        "access_key_id",
+        "first_origin",
+        "first_place_detail",
+        "second_origin",
+        "second_place_detail",
+        "account_id",
+    ] {
+        assert!(
+            soc[0].2.iter().any(|x| x == c),
+            "{}: no {c} column",
+            soc[0].0
+        );
+    }
+
+    let mut s = scenario().await;
+    // Grafana's time range: from an hour ago (`${__from:date:iso}`).
+    let from = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    for (what, url, columns) in &targets {
+        let url = url.replace("${__from:date:iso}", &from);
+        assert!(!url.contains('$'), "{what}: a variable left in {url}");
+        let (status, body) = s
+            .run
+            .get(&url)
+            .await
+            .unwrap_or_else(|| panic!("{what}: GET {url}: no answer"));
+        assert_eq!(status, 200, "{what}: GET {url}: {body}");
+        let v: Value = serde_json::from_str(&body).expect("JSON");
+        let items = v["items"].as_array().expect("items");
+        assert!(
+            items.iter().any(|i| i["rule"] == RULE),
+            "{what}: GET {url}: the scenario's finding is not there: {v}"
+        );
+        for item in items {
+            for c in columns {
+                assert!(item.get(c).is_some(), "{what}: no {c} in {item}");
+            }
+            if item["rule"] == RULE {
+                for c in columns {
+                    assert!(!item[c].is_null(), "{what}: {c} is null in {item}");
+                }
+                let t = item["detected_at"].as_str().expect("detected_at");
+                assert!(
+                    chrono::DateTime::parse_from_rfc3339(t).is_ok(),
+                    "{what}: detected_at {t}"
+                );
+            }
+        }
+    }
+    s.run.assert_running("the end of the test");
 }
 
 #[test]
@@ -893,6 +1041,41 @@ fn docker_compose_wires_localstack_credwatch_prometheus_and_grafana() {
     .expect("datasource YAML");
     assert_eq!(ds["datasources"][0]["type"], "prometheus");
     assert_eq!(ds["datasources"][0]["url"], "http://prometheus:9090");
+
+    // The findings table: Grafana installs Infinity, whose data source reaches credwatch with
+    // the bearer token credwatch requires (bound to 0.0.0.0 in its container, /findings is off
+    // without one).
+    let grafana = &doc["services"]["grafana"];
+    let plugins = grafana["environment"]["GF_INSTALL_PLUGINS"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        plugins.split(',').any(|p| p.trim() == INFINITY),
+        "{plugins:?}"
+    );
+    let infinity: serde_yaml::Value = serde_yaml::from_str(&read(
+        "dashboards/grafana/provisioning/datasources/infinity.yaml",
+    ))
+    .expect("Infinity datasource YAML");
+    let inf = &infinity["datasources"][0];
+    assert_eq!(inf["type"], INFINITY);
+    assert_eq!(inf["url"], "http://credwatch:9898");
+    assert_eq!(inf["jsonData"]["httpHeaderName1"], "Authorization");
+    let header = inf["secureJsonData"]["httpHeaderValue1"]
+        .as_str()
+        .expect("the Authorization header value");
+    let var = header
+        .strip_prefix("Bearer ${")
+        .and_then(|v| v.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not Bearer ${{VAR}}: {header}"));
+    assert_eq!(
+        cw["environment"]["CREDWATCH_METRICS__FINDINGS_TOKEN_ENV"], var,
+        "credwatch reads the token from the variable Grafana's header uses"
+    );
+    assert_eq!(
+        cw["environment"][var], grafana["environment"][var],
+        "credwatch and Grafana share the token"
+    );
 
     // And Docker Compose itself, when it is here: `docker compose` or $CREDWATCH_DOCKER_COMPOSE
     // (tests/run.sh provides the latter when the docker CLI has no compose plugin).

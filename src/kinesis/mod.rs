@@ -240,7 +240,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(p) => FindingsSink::open(p, findings_offset, &inherited)
             .with_context(|| format!("output.findings_file {}", p.display()))?,
         None => FindingsSink::stdout(),
-    };
+    }
+    .recording_into(metrics.recent_findings.clone());
     let dead_letters = DeadLetterSink::open(cfg.output.dead_letter_file.as_deref())
         .with_context(|| format!("output.dead_letter_file {:?}", cfg.output.dead_letter_file))?;
     metrics.init_labels();
@@ -278,13 +279,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The health server outlives `shutdown`: /readyz answers 503 while the shard tasks drain
     // and the final checkpoint is written; it stops after that.
     let http_stop = CancellationToken::new();
-    let (addr, http) = crate::metrics::serve(
-        &cfg.metrics.addr,
-        metrics.clone(),
-        engine.clone(),
-        http_stop.clone(),
-    )
-    .await?;
+    let (addr, http) =
+        crate::metrics::serve(&cfg, metrics.clone(), engine.clone(), http_stop.clone()).await?;
     tracing::info!(%addr, "metrics listening on {addr}");
     spawn_signal_handler(shutdown.clone());
     let store = Arc::new(store);

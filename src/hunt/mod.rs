@@ -2,7 +2,10 @@
 //!
 //! Files are read in path order (CloudTrail's S3 layout sorts by time), each file's format is
 //! recognised from its bytes, and every event goes through the same engine `run` uses. A file
-//! that cannot be read or decoded is a bad record; the hunt goes on.
+//! that cannot be read or decoded is a bad record; the hunt goes on. With `--escalate` the
+//! findings are then sent through the configured destinations ([`escalate`]).
+
+pub mod escalate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
