@@ -201,6 +201,11 @@ impl Default for EscalationConfig {
 }
 
 impl EscalationConfig {
+    /// Whether this destination takes `f` (its `rules` and `min_severity`).
+    pub fn routes(&self, f: &Finding) -> bool {
+        routes(&self.rules, self.min_severity, f)
+    }
+
     /// The destination's name: `name`, else type and index (`slack-1`). It is the `destination`
     /// label of the escalation metrics and the spool subdirectory.
     pub fn destination_name(&self, index: usize) -> String {
@@ -542,9 +547,18 @@ struct Destination {
 
 impl Destination {
     fn routes(&self, f: &Finding) -> bool {
-        (self.rules.is_empty() || self.rules.contains(&f.rule))
-            && self.min_severity.is_none_or(|m| f.severity >= m)
+        routes(&self.rules, self.min_severity, f)
     }
+}
+
+/// Whether a destination with these `rules` (empty: all) and `min_severity` takes `f`.
+fn routes(rules: &[String], min_severity: Option<Severity>, f: &Finding) -> bool {
+    (rules.is_empty() || rules.contains(&f.rule)) && min_severity.is_none_or(|m| f.severity >= m)
+}
+
+/// The escalation spool's folder under a checkpoint folder: `run` and `hunt --escalate` share it.
+pub fn spool_dir(checkpoint_dir: &Path) -> PathBuf {
+    checkpoint_dir.join("escalation-spool")
 }
 
 /// Creates a directory readable by its owner only (findings name keys, roles and addresses).

@@ -25,7 +25,8 @@ use crate::finding::Finding;
 /// window, so a week is ample.
 pub const DONE_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
-const DONE_FILE: &str = "done.jsonl";
+/// The done-ledger, in each destination's folder.
+pub const DONE_FILE: &str = "done.jsonl";
 
 /// Fsyncs a directory, so that the names created or renamed in it survive a crash.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -129,19 +130,8 @@ impl Spool {
         fs::create_dir_all(dir)?;
         let now = now_secs();
         let done_path = dir.join(DONE_FILE);
-        let mut done = HashMap::new();
-        let mut done_lines = 0usize;
-        if let Ok(f) = File::open(&done_path) {
-            for line in BufReader::new(f).lines() {
-                let line = line?;
-                done_lines += 1;
-                if let Ok(r) = serde_json::from_str::<DoneRecord>(&line) {
-                    if now - r.t < DONE_RETENTION_SECS {
-                        done.insert(r.id, r.t);
-                    }
-                }
-            }
-        }
+        let (ledger, mut done_lines) = read_done(&done_path, now)?;
+        let done: HashMap<String, i64> = ledger.into_iter().map(|(id, (t, _))| (id, t)).collect();
         if done_lines > done.len() {
             rewrite_done(&done_path, &done)?;
             done_lines = done.len();
@@ -352,6 +342,65 @@ impl Spool {
         }
         Ok(())
     }
+}
+
+/// The done-ledger at `path`: each id done within [`DONE_RETENTION_SECS`] of `now`, with its time
+/// and outcome, and the number of lines read. A missing ledger is empty.
+fn read_done(path: &Path, now: i64) -> io::Result<(HashMap<String, (i64, String)>, usize)> {
+    let mut done = HashMap::new();
+    let mut lines = 0usize;
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((done, 0)),
+        Err(e) => return Err(e),
+    };
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        lines += 1;
+        if let Ok(r) = serde_json::from_str::<DoneRecord>(&line) {
+            if now - r.t < DONE_RETENTION_SECS {
+                done.insert(r.id, (r.t, r.outcome));
+            }
+        }
+    }
+    Ok((done, lines))
+}
+
+/// What a spool folder holds, read without opening the spool nor changing anything (for
+/// `hunt --escalate --dry-run`).
+#[derive(Debug, Default)]
+pub struct Peek {
+    /// Ids done (delivered, dead-lettered, or `done` once the ledger was compacted), with the
+    /// outcome.
+    pub done: HashMap<String, String>,
+    /// Ids spooled and not done.
+    pub pending: std::collections::HashSet<String>,
+}
+
+/// Reads a destination's spool folder as [`Spool::open`] would, changing nothing. A missing
+/// folder is an empty spool; unreadable spool files are left out.
+pub fn peek(dir: &Path) -> io::Result<Peek> {
+    let mut out = Peek::default();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    let (done, _) = read_done(&dir.join(DONE_FILE), now_secs())?;
+    out.done = done.into_iter().map(|(id, (_, o))| (id, o)).collect();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(bytes) = fs::read(&path) else {
+            continue;
+        };
+        if let Ok(rec) = serde_json::from_slice::<SpoolRecord>(&bytes) {
+            if !out.done.contains_key(&rec.finding.id) {
+                out.pending.insert(rec.finding.id);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn rewrite_done(path: &Path, done: &HashMap<String, i64>) -> io::Result<()> {

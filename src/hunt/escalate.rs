@@ -13,21 +13,16 @@
 //! the spool's files as they are ([`plan`]), without opening the spool (opening it tidies the
 //! folder), reading secrets or sending anything.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::escalation::spool::DONE_RETENTION_SECS;
 use crate::escalation::{EscalationConfig, Escalator};
 use crate::finding::{Finding, Severity};
 use crate::metrics::Metrics;
 
-/// The spool's folder under the checkpoint folder (as `run` places it).
-pub fn spool_dir(checkpoint_dir: &Path) -> PathBuf {
-    checkpoint_dir.join("escalation-spool")
-}
+pub use crate::escalation::spool_dir;
 
 /// How long ago `run` last wrote a checkpoint in `checkpoint_dir` (`None`: never, or unknown):
 /// a recent one says a `run` may be using the folder now.
@@ -37,9 +32,6 @@ pub fn checkpoint_age(checkpoint_dir: &Path) -> Option<Duration> {
         .ok()?;
     std::time::SystemTime::now().duration_since(modified).ok()
 }
-
-/// The done-ledger of a destination's spool (`src/escalation/spool.rs`).
-const DONE_FILE: &str = "done.jsonl";
 
 /// Where a finding stands with one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,60 +88,6 @@ impl DestinationPlan {
     }
 }
 
-/// Whether a destination takes a finding: as the escalator routes (`rules`, `min_severity`).
-fn routes(c: &EscalationConfig, f: &Finding) -> bool {
-    (c.rules.is_empty() || c.rules.contains(&f.rule))
-        && c.min_severity.is_none_or(|m| f.severity >= m)
-}
-
-/// What a destination's spool holds, read without changing it: the ids done (with their
-/// outcome, within the ledger's retention) and the ids pending.
-fn read_spool(dir: &Path) -> std::io::Result<(HashMap<String, String>, HashSet<String>)> {
-    let mut done = HashMap::new();
-    let mut pending = HashSet::new();
-    if !dir.is_dir() {
-        return Ok((done, pending));
-    }
-    #[derive(serde::Deserialize)]
-    struct DoneLine {
-        t: i64,
-        outcome: String,
-        id: String,
-    }
-    let now = chrono::Utc::now().timestamp();
-    match std::fs::File::open(dir.join(DONE_FILE)) {
-        Ok(f) => {
-            for line in BufReader::new(f).lines() {
-                if let Ok(d) = serde_json::from_str::<DoneLine>(&line?) {
-                    if now - d.t < DONE_RETENTION_SECS {
-                        done.insert(d.id, d.outcome);
-                    }
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        // A spool file: {"spooled_at_ms", "seq", "finding": {...}}.
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            if let Some(id) = v["finding"]["id"].as_str() {
-                if !done.contains_key(id) {
-                    pending.insert(id.to_string());
-                }
-            }
-        }
-    }
-    Ok((done, pending))
-}
-
 /// What escalating `findings` would do, destination by destination, from the spool under
 /// `spool_dir` as it is. Reads only.
 pub fn plan(
@@ -160,12 +98,13 @@ pub fn plan(
     let mut out = Vec::new();
     for (i, c) in cfg.iter().enumerate() {
         let name = c.destination_name(i);
-        let (done, pending) = read_spool(&spool_dir.join(&name))?;
+        let crate::escalation::spool::Peek { done, pending } =
+            crate::escalation::spool::peek(&spool_dir.join(&name))?;
         let mut seen = HashSet::new();
         let mut planned = Vec::new();
         let mut not_routed = 0;
         for f in findings {
-            if !routes(c, f) {
+            if !c.routes(f) {
                 not_routed += 1;
                 continue;
             }
@@ -352,6 +291,7 @@ pub async fn escalate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::escalation::spool::{DONE_FILE, DONE_RETENTION_SECS};
     use crate::escalation::DestinationKind;
     use crate::finding::test_finding;
 
@@ -368,24 +308,26 @@ mod tests {
         let spool = spool_dir(dir.path());
         let dest = spool.join("siem");
         std::fs::create_dir_all(&dest).unwrap();
-        let now = chrono::Utc::now().timestamp();
-        std::fs::write(
-            dest.join(DONE_FILE),
-            format!(
-                "{{\"t\":{now},\"outcome\":\"delivered\",\"id\":\"a\"}}\n\
-                 {{\"t\":{},\"outcome\":\"delivered\",\"id\":\"old\"}}\n\
-                 {{\"t\":{now},\"outcome\":\"dead_lettered\",\"id\":\"c\"}}\n",
-                now - DONE_RETENTION_SECS - 10
-            ),
-        )
-        .unwrap();
-        for id in ["b", "elsewhere"] {
-            std::fs::write(
-                dest.join(format!("{id}.json")),
-                format!("{{\"spooled_at_ms\":1,\"seq\":0,\"finding\":{{\"id\":\"{id}\"}}}}"),
-            )
-            .unwrap();
+        // The spool as the escalator leaves it: "a" delivered, "c" dead-lettered, "b" and
+        // "elsewhere" pending; plus a ledger line older than the retention ("old").
+        {
+            let (sp, _) = crate::escalation::spool::Spool::open(&dest).unwrap();
+            let spooled: Vec<Finding> = ["a", "b", "c", "elsewhere"]
+                .iter()
+                .map(|id| finding(id, "session_token_reuse", Severity::High))
+                .collect();
+            sp.add(spooled.iter()).unwrap();
+            sp.finish("a", "delivered").unwrap();
+            sp.finish("c", "dead_lettered").unwrap();
         }
+        let old = format!(
+            "{{\"t\":{},\"outcome\":\"delivered\",\"id\":\"old\"}}\n",
+            chrono::Utc::now().timestamp() - DONE_RETENTION_SECS - 10
+        );
+        let ledger = dest.join(DONE_FILE);
+        let mut text = std::fs::read_to_string(&ledger).unwrap();
+        text.push_str(&old);
+        std::fs::write(&ledger, text).unwrap();
         let cfg = [
             EscalationConfig {
                 kind: DestinationKind::Webhook,

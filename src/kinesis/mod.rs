@@ -247,7 +247,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     metrics.init_labels();
     knowledge.spawn_refresh(&cfg);
     let shutdown = CancellationToken::new();
-    let spool = cfg.checkpoint.dir.join("escalation-spool");
+    let spool = crate::escalation::spool_dir(&cfg.checkpoint.dir);
     let escalator = Arc::new(Escalator::new(&cfg.escalation, &spool, metrics.clone())?);
     let delivery = tokio::spawn(escalator.clone().deliver(shutdown.child_token()));
     let client = Client::new(&sdk);
