@@ -37,6 +37,7 @@
 //! | `credwatch_origins_explained_total` | counter | `exception` |
 //! | `credwatch_event_watermark_timestamp_seconds` | gauge | |
 //! | `credwatch_late_events_total` | counter | |
+//! | `credwatch_lifetime_exceeded_total` | counter | `credential_class` |
 //! | `credwatch_low_watermark_timestamp_seconds` | gauge | |
 //! | `credwatch_watermark_shards` | gauge | `state` (active, idle) |
 //! | `credwatch_candidates_pending` | gauge | |
@@ -132,6 +133,7 @@ pub struct Metrics {
     issued_keys: IntGauge,
     issuance_events: IntCounter,
     late_events: IntCounter,
+    lifetime_exceeded: IntCounterVec,
     suppressed: IntCounter,
     // Settling (event-time watermark across shards).
     low_watermark: IntGauge,
@@ -387,6 +389,12 @@ impl Metrics {
                 "credwatch_instances_tracked",
                 "EC2 instances in the instance book (address credits, restarts)",
             ),
+            lifetime_exceeded: counter_vec(
+                &r,
+                "credwatch_lifetime_exceeded_total",
+                "Events past their credential's end (creation + detection.max_session_secs, or the key's expiry), judged with a fallback window, by credential class",
+                &["credential_class"],
+            ),
             late_events: counter(
                 &r,
                 "credwatch_late_events_total",
@@ -615,6 +623,9 @@ impl Metrics {
             self.events_by_credential.with_label_values(&[c.as_str()]);
         }
         self.events_by_credential.with_label_values(&["untracked"]);
+        for c in CredentialClass::ALL {
+            self.lifetime_exceeded.with_label_values(&[c.as_str()]);
+        }
         for e in Explanation::ALL {
             self.explained.with_label_values(&[e.as_str()]);
         }
@@ -713,6 +724,12 @@ impl Metrics {
         bump(&self.issuance_events, engine.issuance.seen.load(Relaxed));
         bump(&self.sessions_expired, s.sessions_expired.load(Relaxed));
         bump(&self.late_events, s.late_events.load(Relaxed));
+        for c in CredentialClass::ALL {
+            bump(
+                &self.lifetime_exceeded.with_label_values(&[c.as_str()]),
+                s.lifetime_exceeded[c as usize].load(Relaxed),
+            );
+        }
         let p = &engine.pending.stats;
         for (outcome, v) in [
             ("settled", &p.settled),
@@ -1220,6 +1237,7 @@ mod tests {
             "credwatch_origins_explained_total",
             "credwatch_event_watermark_timestamp_seconds",
             "credwatch_late_events_total",
+            "credwatch_lifetime_exceeded_total",
             "credwatch_low_watermark_timestamp_seconds",
             "credwatch_watermark_shards",
             "credwatch_candidates_pending",

@@ -125,6 +125,11 @@ pub struct EngineStats {
     pub sessions_expired: AtomicU64,
     /// Events older than their session's window: ignored for locking.
     pub late_events: AtomicU64,
+    /// Events past their credential's end (creation + `detection.max_session_secs` of its class,
+    /// or the key's own expiry), by class: judged with a fallback window instead.
+    pub lifetime_exceeded: [AtomicU64; 8],
+    /// When the last warning about them was logged, by class (epoch seconds).
+    lifetime_warned: [AtomicI64; 8],
     /// Findings not repeated because the same (rule, session, origin) was already reported.
     pub suppressed: AtomicU64,
     /// Proposals to the shared store, and those that failed (the local store decided alone).
@@ -801,6 +806,48 @@ impl Engine {
 
     pub(crate) fn class_max_secs(&self, class: CredentialClass) -> i64 {
         class.max_secs(&self.cfg.detection) as i64
+    }
+
+    /// The end of a session's window for an event at `t`, given the end its credential says
+    /// (`known`: the key's own expiry, or its creation plus the class's maximum lifetime).
+    ///
+    /// An event after that end cannot be within the credential's life: the configured maximum
+    /// is wrong for this account (a role's `MaxSessionDuration` raised, a chained session), or a
+    /// clock is. Failing open would give the session a window of zero length, so that it is
+    /// never locked and never reported; instead the event is judged with a fallback window of
+    /// the class's maximum from the event itself, counted
+    /// (`credwatch_lifetime_exceeded_total{credential_class}`) and logged (at most once a minute
+    /// per class).
+    pub(crate) fn window_end(
+        &self,
+        known: i64,
+        class: CredentialClass,
+        t: i64,
+        session: &str,
+    ) -> i64 {
+        if known >= t {
+            return known;
+        }
+        let i = class as usize;
+        self.stats.lifetime_exceeded[i].fetch_add(1, Relaxed);
+        let now = chrono::Utc::now().timestamp();
+        let last = self.stats.lifetime_warned[i].load(Relaxed);
+        if now - last >= 60
+            && self.stats.lifetime_warned[i]
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                credential_class = class.as_str(),
+                session,
+                over_secs = t - known,
+                max_session_secs = self.class_max_secs(class),
+                "an event is past its credential's end: detection.max_session_secs is too short \
+                 for this account (or a clock is wrong); judged with a fallback window of the \
+                 class's maximum from the event"
+            );
+        }
+        t.saturating_add(self.class_max_secs(class).max(1))
     }
 }
 

@@ -54,14 +54,17 @@ pub(crate) fn check(
     let keyed = cred.session_key == cred.access_key_id;
     let expires = match cred.issued.as_ref().and_then(|i| i.expires) {
         // The exact expiry of this key, for a session keyed by it.
-        Some(x) if keyed => x,
-        _ => ev
-            .creation_date()
-            .and_then(parse_time)
-            .map(|c| c + class_max)
-            .unwrap_or(t + e.cfg.detection.window_secs as i64),
-    }
-    .max(t);
+        Some(x) if keyed => e.window_end(x, cred.class, t, &cred.session_display),
+        _ => match ev.creation_date().and_then(parse_time) {
+            Some(c) => e.window_end(
+                c.saturating_add(class_max),
+                cred.class,
+                t,
+                &cred.session_display,
+            ),
+            None => t + e.cfg.detection.window_secs as i64,
+        },
+    };
     let session_account = ev.account_id();
 
     // Calls an AWS console back end relays for a console session.
@@ -331,10 +334,10 @@ pub(crate) fn issued(
         lambda_runtime: true,
         issued: Some(issued.clone()),
     };
-    let expires = issued
-        .expires
-        .unwrap_or(t + e.class_max_secs(CredentialClass::Lambda))
-        .max(t);
+    let expires = match issued.expires {
+        Some(x) => e.window_end(x, CredentialClass::Lambda, t, key),
+        None => t + e.class_max_secs(CredentialClass::Lambda),
+    };
     let origin = crate::engine::origin::classify(ev);
     runtime_use(e, key_of(key), ev, &cred, &origin, t, pos, expires);
 }

@@ -93,12 +93,10 @@ pub(crate) fn check(
     {
         return;
     }
-    let expires = cred
-        .issued
-        .as_ref()
-        .and_then(|i| i.expires)
-        .unwrap_or(t + e.class_max_secs(cred.class))
-        .max(t);
+    let expires = match cred.issued.as_ref().and_then(|i| i.expires) {
+        Some(x) => e.window_end(x, cred.class, t, &cred.session_display),
+        None => t + e.class_max_secs(cred.class),
+    };
     let c = Candidate {
         access_key_id: cred.access_key_id.to_string(),
         session_key: cred.session_key.clone(),
