@@ -46,7 +46,7 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn new(dir: &Path) -> std::io::Result<CheckpointStore> {
-        fs::create_dir_all(dir)?;
+        crate::private::create_dir(dir)?;
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
         })
@@ -74,7 +74,7 @@ impl CheckpointStore {
     pub fn save(&self, cp: &Checkpoint) -> std::io::Result<()> {
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::private::create(&tmp)?;
             let mut w = std::io::BufWriter::new(&mut f);
             serde_json::to_writer(&mut w, cp).map_err(std::io::Error::other)?;
             w.flush()?;

@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod kinesis;
 pub mod metrics;
 pub mod placement;
+pub mod private;
 pub mod recent;
 pub mod rules;
 pub mod settle;

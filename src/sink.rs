@@ -4,7 +4,7 @@
 //! written since the last checkpoint are read back, so replaying those records repeats no finding.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,11 +56,7 @@ impl FindingsSink {
         checkpoint_offset: u64,
         inherited: &[String],
     ) -> std::io::Result<FindingsSink> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)?;
+        let mut file = crate::private::open_append(path, true)?;
         let len = file.metadata()?.len();
         let start = checkpoint_offset.min(len);
         file.seek(SeekFrom::Start(start))?;
@@ -168,7 +164,7 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     pub fn open(path: Option<&Path>) -> std::io::Result<DeadLetterSink> {
         let out = match path {
-            Some(p) => Some(OpenOptions::new().append(true).create(true).open(p)?),
+            Some(p) => Some(crate::private::open_append(p, false)?),
             None => None,
         };
         Ok(DeadLetterSink { out })

@@ -561,17 +561,7 @@ pub fn spool_dir(checkpoint_dir: &Path) -> PathBuf {
     checkpoint_dir.join("escalation-spool")
 }
 
-/// Creates a directory readable by its owner only (findings name keys, roles and addresses).
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        b.mode(0o700);
-    }
-    b.create(dir)
-}
+use crate::private::create_dir as create_private_dir;
 
 /// Delivers findings to the configured destinations, at least once, through a durable spool.
 pub struct Escalator {

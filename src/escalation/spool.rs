@@ -10,7 +10,7 @@
 //!   more delivery of the same id, which the destinations deduplicate.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,7 +39,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp)?;
+    let mut f = crate::private::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -127,7 +127,7 @@ impl Spool {
     /// Leftover `.tmp` files (a write cut short) are removed: their findings were never
     /// acknowledged as spooled.
     pub fn open(dir: &Path) -> io::Result<(Spool, OpenReport)> {
-        fs::create_dir_all(dir)?;
+        crate::private::create_dir(dir)?;
         let now = now_secs();
         let done_path = dir.join(DONE_FILE);
         let (ledger, mut done_lines) = read_done(&done_path, now)?;
@@ -192,10 +192,7 @@ impl Spool {
         }
         report.pending = pending.len();
         sync_dir(dir)?;
-        let done_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&done_path)?;
+        let done_file = crate::private::open_append(&done_path, false)?;
         Ok((
             Spool {
                 dir: dir.to_path_buf(),
@@ -336,7 +333,7 @@ impl Spool {
             if st.done_lines > 2 * st.done.len() + 1024 {
                 let path = self.dir.join(DONE_FILE);
                 rewrite_done(&path, &st.done)?;
-                st.done_file = OpenOptions::new().append(true).open(&path)?;
+                st.done_file = crate::private::open_append(&path, false)?;
                 st.done_lines = st.done.len();
             }
         }
@@ -447,10 +444,7 @@ impl DeadLetters {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let mut f = crate::private::open_append(&self.path, false)?;
         f.write_all(&line)?;
         f.sync_all()
     }
