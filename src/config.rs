@@ -434,7 +434,46 @@ impl Config {
                 .filter(|k| k.as_str().contains("__"))
                 .split("__"),
         );
-        Self::from_figment(fig)
+        let cfg = Self::from_figment(fig)?;
+        if let Some(p) = path {
+            for warning in cfg.exposure_warnings(p) {
+                tracing::warn!(file = %p.display(), "{warning}");
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Warnings for a config file that users other than its owner can read while it names where
+    /// secrets are (`secret_file`, `findings_token_file`): it tells them which file to go after,
+    /// and an operator who let it be read may have let the secret be read too.
+    pub fn exposure_warnings(&self, path: &Path) -> Vec<String> {
+        let mut named: Vec<String> = self
+            .escalation
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.secret_file.is_some())
+            .map(|(i, _)| format!("escalation[{i}].secret_file"))
+            .collect();
+        if self.metrics.findings_token_file.is_some() {
+            named.push("metrics.findings_token_file".into());
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let Ok(meta) = std::fs::metadata(path) else {
+                return vec![];
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o004 != 0 && !named.is_empty() {
+                return vec![format!(
+                    "the config file is readable by every user ({mode:o}) and names secret files \
+                     ({}): chmod 640 or 600 it, and check those files are 600",
+                    named.join(", ")
+                )];
+            }
+        }
+        let _ = (path, &mut named);
+        vec![]
     }
 
     /// Parses a TOML string (no environment), then validates. For tests and `validate-config`.
@@ -809,6 +848,29 @@ mod tests {
                 "error for {text:?} should name {key}: {err}"
             );
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_world_readable_config_naming_a_secret_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("credwatch.toml");
+        std::fs::write(
+            &p,
+            "[[escalation]]\ntype = \"webhook\"\nurl = \"https://x\"\nsecret_file = \"/etc/credwatch/hook\"\n",
+        )
+        .unwrap();
+        let cfg = Config::from_toml_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = cfg.exposure_warnings(&p);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("escalation[0].secret_file"), "{w:?}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(cfg.exposure_warnings(&p).is_empty());
+        // Readable by all but naming no secret file: nothing to say.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::default().exposure_warnings(&p).is_empty());
     }
 
     #[test]

@@ -17,7 +17,8 @@ use aws_sdk_dynamodb::Client;
 use super::lease::{Lease, Renewal};
 use crate::engine::store::{HomeEvidence, HomeTag};
 
-type Item = HashMap<String, AttributeValue>;
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
 
 const LEASE_KEY: &str = "leaseKey";
 const STATE_KEY: &str = "pk";
@@ -188,7 +189,9 @@ pub struct LeaseTable {
     pub calls: std::sync::Arc<CallCounts>,
 }
 
-fn lease_from(item: &Item) -> Option<Lease> {
+/// A lease item as read back (`None`: not a lease). Items come from a shared table that other
+/// workers, and people, write: never trusted (fuzzed in `fuzz/`).
+pub fn lease_from(item: &Item) -> Option<Lease> {
     Some(Lease {
         key: get_s(item, LEASE_KEY)?.to_string(),
         owner: get_s(item, "leaseOwner").map(str::to_string),
@@ -447,7 +450,7 @@ pub struct StateTable {
 
 /// Reads a home stored under `prefix` (`""` for the session's first origin, `"prev"` for the
 /// origin it displaced).
-fn home_from(item: &Item, prefix: &str) -> Option<HomeEvidence> {
+pub fn home_from(item: &Item, prefix: &str) -> Option<HomeEvidence> {
     let k = |name: &str| {
         if prefix.is_empty() {
             name.to_string()

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::finding::{Finding, Severity};
 use crate::metrics::Metrics;
 use delivery::{Attempt, TokenBucket};
-use sign::SigningKey;
+use sign::Signer;
 use spool::{DeadLetters, Spool};
 
 /// The `outcome` label values of `credwatch_escalations_total`, per attempt: `delivered` (2xx),
@@ -517,7 +517,7 @@ fn secret_key(c: &EscalationConfig, i: usize) -> String {
 enum Target {
     Webhook {
         url: reqwest::Url,
-        key: SigningKey,
+        key: Signer,
     },
     Slack {
         url: reqwest::Url,
@@ -604,11 +604,11 @@ impl Escalator {
             let secret = read_secret(c, i)?;
             let target = match c.kind {
                 DestinationKind::Webhook => {
-                    let key = SigningKey::parse(secret.as_deref().unwrap_or_default())
+                    let keys = sign::parse_keys(secret.as_deref().unwrap_or_default())
                         .map_err(|e| anyhow::anyhow!("{}: {e}", secret_key(c, i)))?;
                     Target::Webhook {
                         url: check_url(&c.url).map_err(anyhow::Error::msg)?,
-                        key,
+                        key: Signer::new(keys, c.secret_file.clone()),
                     }
                 }
                 DestinationKind::Slack => {
@@ -1015,7 +1015,7 @@ impl Escalator {
         f: &Finding,
         url: &reqwest::Url,
         body: serde_json::Value,
-        key: Option<&SigningKey>,
+        key: Option<&Signer>,
     ) -> Attempt {
         let body = match serde_json::to_vec(&body) {
             Ok(b) => b,

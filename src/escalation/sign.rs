@@ -3,6 +3,11 @@
 //! The signed content is `{webhook-id}.{webhook-timestamp}.{body}`; the signature is
 //! `v1,` followed by the standard base64 of its HMAC-SHA256. The secret is `whsec_` followed by
 //! the base64 of the key bytes; a secret without the prefix is used as raw bytes.
+//!
+//! Rotation without a restart: the secret may hold several secrets, one per line, and every
+//! delivery is signed with each (`webhook-signature: v1,<old> v1,<new>`, as the spec allows), so a
+//! receiver that knows either accepts it during the overlap. With `secret_file`, the file is read
+//! again when it changes: add the new secret, let receivers switch, remove the old one.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -48,9 +53,136 @@ impl SigningKey {
     }
 }
 
+/// The keys of one destination, from its secret (one per line).
+pub fn parse_keys(secret: &str) -> Result<Vec<SigningKey>, String> {
+    let keys = secret
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| SigningKey::parse(l).map_err(|e| format!("secret {}: {e}", i + 1)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok(keys)
+}
+
+/// Signs with every key of a destination, reading its `secret_file` again when it changed.
+pub struct Signer {
+    file: Option<std::path::PathBuf>,
+    state: std::sync::Mutex<(Option<(std::time::SystemTime, u64)>, Vec<SigningKey>)>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Signer {
+    /// `keys` as read at start; `file`, when the secret came from one, is watched for changes.
+    pub fn new(keys: Vec<SigningKey>, file: Option<std::path::PathBuf>) -> Signer {
+        let seen = file.as_deref().and_then(stamp);
+        Signer {
+            file,
+            state: std::sync::Mutex::new((seen, keys)),
+        }
+    }
+
+    /// The `webhook-signature` header: one `v1,…` per key, space-separated.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &self.file {
+            let now = stamp(path);
+            if now.is_some() && now != st.0 {
+                st.0 = now;
+                match std::fs::read_to_string(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| parse_keys(&t))
+                {
+                    Ok(keys) => {
+                        tracing::info!(file = %path.display(), keys = keys.len(), "webhook signing secret reloaded");
+                        st.1 = keys;
+                    }
+                    // The keys in use stay: a half-written file must not stop deliveries.
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), "webhook signing secret not reloaded ({e}); still signing with the previous keys")
+                    }
+                }
+            }
+        }
+        st.1.iter()
+            .map(|k| k.sign(id, timestamp, body))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_keys_sign_together_and_a_changed_file_is_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("secret");
+        std::fs::write(&f, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+        let keys = parse_keys(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let s = Signer::new(keys, Some(f.clone()));
+        let one = s.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(one, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        // Rotation: the new secret is added beside the old one.
+        std::fs::write(
+            &f,
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nraw-new-secret\n",
+        )
+        .unwrap();
+        let two = s.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        let parts: Vec<&str> = two.split(' ').collect();
+        assert_eq!(parts.len(), 2, "{two}");
+        assert_eq!(parts[0], one);
+        let raw = SigningKey::parse("raw-new-secret").unwrap();
+        assert_eq!(
+            parts[1],
+            raw.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            )
+        );
+        // A broken file keeps the keys in use.
+        std::fs::write(&f, "whsec_%%%\n").unwrap();
+        let three = s.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(three, two);
+        // The old one removed.
+        std::fs::write(&f, "raw-new-secret\n").unwrap();
+        let four = s.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(four, parts[1]);
+    }
 
     /// The reference vector of the Standard Webhooks test suite.
     #[test]
