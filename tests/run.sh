@@ -8,6 +8,9 @@ cd "$REPO"
 
 step() { echo "==> $*" >&2; }
 
+step "Rust toolchain (rust-toolchain.toml)"
+bash tests/stack/ensure-toolchain.sh
+
 step "moto server (local AWS emulator)"
 bash tests/stack/ensure-moto.sh
 # The Rust test harness (tests/support/moto.rs) spawns its own moto server per test from here.
@@ -48,10 +51,19 @@ export CREDWATCH_KINESIS_MOCK_DIR
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --locked --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo deny: licences, banned and duplicate crates, sources (deny.toml)"
+# The advisory database cannot be fetched here (GitHub is out of reach): see deny.toml.
+DENY_VERSION=0.20.2
+DENY_ROOT="$REPO/.local/cargo-deny-$DENY_VERSION"
+if [[ ! -x "$DENY_ROOT/bin/cargo-deny" ]]; then
+  cargo install --locked --quiet --root "$DENY_ROOT" cargo-deny --version "$DENY_VERSION" >&2
+fi
+"$DENY_ROOT/bin/cargo-deny" --locked check licenses bans sources
 
 # Benches are compiled by clippy above and run with `cargo bench` (bench/README.md), not here:
 # speed and memory are measured in benchmarks, never in tests.
-step "cargo test --lib --bins --tests"
-cargo test --lib --bins --tests
+step "cargo test --locked --lib --bins --tests"
+cargo test --locked --lib --bins --tests
