@@ -46,6 +46,7 @@
 //! | `credwatch_instance_book_evicted_total` | counter | |
 //! | `credwatch_sessions_tracked` | gauge | |
 //! | `credwatch_sessions_expired_total` | counter | |
+//! | `credwatch_sessions_evicted_total` | counter | |
 //! | `credwatch_store_interned_strings` | gauge | |
 //! | `credwatch_instances_tracked` | gauge | |
 //! | `credwatch_bad_records_total` | counter | `kind` |
@@ -127,6 +128,7 @@ pub struct Metrics {
     watermark: IntGauge,
     sessions_tracked: IntGauge,
     sessions_expired: IntCounter,
+    sessions_evicted: IntCounter,
     interned_strings: IntGauge,
     instances_tracked: IntGauge,
     events_by_place: IntCounterVec,
@@ -373,6 +375,11 @@ impl Metrics {
                 &r,
                 "credwatch_sessions_tracked",
                 "Sessions in the session-origin store",
+            ),
+            sessions_evicted: counter(
+                &r,
+                "credwatch_sessions_evicted_total",
+                "Sessions dropped before they expired to stay within detection.max_sessions (those seen once first)",
             ),
             sessions_expired: counter(
                 &r,
@@ -723,6 +730,7 @@ impl Metrics {
         self.issued_keys.set(engine.issuance.len() as i64);
         bump(&self.issuance_events, engine.issuance.seen.load(Relaxed));
         bump(&self.sessions_expired, s.sessions_expired.load(Relaxed));
+        bump(&self.sessions_evicted, s.sessions_evicted.load(Relaxed));
         bump(&self.late_events, s.late_events.load(Relaxed));
         for c in CredentialClass::ALL {
             bump(

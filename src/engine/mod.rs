@@ -123,6 +123,8 @@ pub struct EngineStats {
     /// Events with an address origin, by [`PlaceKind`] (no address as a label).
     pub by_place: [AtomicU64; 5],
     pub sessions_expired: AtomicU64,
+    /// Sessions dropped to stay within `detection.max_sessions` (before they expired).
+    pub sessions_evicted: AtomicU64,
     /// Events older than their session's window: ignored for locking.
     pub late_events: AtomicU64,
     /// Events past their credential's end (creation + `detection.max_session_secs` of its class,
@@ -603,7 +605,8 @@ impl Engine {
     }
 
     pub fn sweep_at(&self, now: i64) -> usize {
-        let removed = self.store.sweep(now, self.cfg.detection.max_sessions);
+        let (expired, evicted) = self.store.sweep(now, self.cfg.detection.max_sessions);
+        let removed = expired + evicted;
         self.pending.sweep(now);
         self.instances.sweep(
             now - self.cfg.detection.window_secs as i64,
@@ -616,7 +619,18 @@ impl Engine {
         );
         self.stats
             .sessions_expired
-            .fetch_add(removed as u64, Relaxed);
+            .fetch_add(expired as u64, Relaxed);
+        self.stats
+            .sessions_evicted
+            .fetch_add(evicted as u64, Relaxed);
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                max_sessions = self.cfg.detection.max_sessions,
+                "more sessions than detection.max_sessions: evicted those seen once, closest to \
+                 expiry first (a spray of new keys, or max_sessions too low for this stream)"
+            );
+        }
         removed
     }
 

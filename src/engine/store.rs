@@ -102,6 +102,9 @@ const FLAG_EVENT_ID_INTERNED: u8 = 1 << 3;
 /// `key` holds the first event's `ASIA…` / `AKIA…` access key (a session not keyed by it).
 const FLAG_KEY_ASIA: u8 = 1 << 4;
 const FLAG_KEY_AKIA: u8 = 1 << 5;
+/// The session was seen in more than one event. Over `max_sessions`, sessions seen once go
+/// first: a spray of distinct keys (each seen once) cannot evict the sessions that are in use.
+const FLAG_SEEN_AGAIN: u8 = 1 << 6;
 
 /// Packs the 16 characters after an access key's 4-letter prefix (A-Z, 0-9) in 6 bits each.
 fn pack_key(k: &str) -> Option<(u8, [u8; 12])> {
@@ -168,7 +171,8 @@ pub struct Session {
     /// The first event's access key, packed, when the session is not keyed by it (an instance's
     /// role session across key rotations): see the key flags.
     key: [u8; 12],
-    /// bits 0..3: home tag; bit 3: event id interned; bits 4, 5: `key` holds an ASIA / AKIA key.
+    /// bits 0..3: home tag; bit 3: event id interned; bits 4, 5: `key` holds an ASIA / AKIA key;
+    /// bit 6: seen in more than one event.
     flags: u8,
     class: u8,
 }
@@ -570,9 +574,14 @@ impl SessionStore {
                         let mut s = cur;
                         let e = s.expires;
                         s.expires = e.max(clamp_u32(expires));
+                        s.flags |= FLAG_SEEN_AGAIN;
                         self.slab.set(idx, s);
                     }
-                    Update::Replace(new) => {
+                    Update::Replace(mut new) => {
+                        // The same session, a new first event: it was seen more than once.
+                        if cur.expires >= new.first_time {
+                            new.flags |= FLAG_SEEN_AGAIN;
+                        }
                         self.slab.set(idx, new);
                         self.release(&cur);
                     }
@@ -671,8 +680,9 @@ impl SessionStore {
     }
 
     /// Removes everything that expired before `now`; then, if more than `max_sessions` remain,
-    /// the sessions closest to expiry. Returns the number of sessions removed.
-    pub fn sweep(&self, now: i64, max_sessions: usize) -> usize {
+    /// evicts the sessions seen in one event only, closest to expiry first, and only then, if
+    /// still over, the others closest to expiry. Returns (expired, evicted).
+    pub fn sweep(&self, now: i64, max_sessions: usize) -> (usize, usize) {
         let now = clamp_u32(now);
         let mut removed = 0usize;
         self.sessions.retain(|_, idx| {
@@ -687,31 +697,39 @@ impl SessionStore {
         });
         self.extras.retain(|_, e| e.expires >= now);
         self.reported.retain(|_, exp| *exp >= now);
+        let expired = removed;
         let len = self.sessions.len();
         if len > max_sessions {
-            let mut expiries: Vec<u32> = self
+            // Eviction order: seen once before seen again, then closest to expiry.
+            let rank =
+                |s: &Session| ((s.flags & FLAG_SEEN_AGAIN != 0) as u64) << 32 | s.expires as u64;
+            let mut ranks: Vec<u64> = self
                 .sessions
                 .iter()
-                .map(|e| self.slab.get(*e.value()).expires)
+                .map(|e| rank(&self.slab.get(*e.value())))
                 .collect();
             let cut = len - max_sessions;
-            let (_, nth, _) = expiries.select_nth_unstable(cut - 1);
+            let (below, nth, _) = ranks.select_nth_unstable(cut - 1);
             let threshold = *nth;
-            let mut budget = cut;
+            // Everything ranked below the threshold goes; of those tied with it, as many as the
+            // cut still needs (whichever the map yields first).
+            let mut ties = cut - below.iter().filter(|r| **r < threshold).count();
             self.sessions.retain(|_, idx| {
                 let s = self.slab.get(*idx);
-                if budget > 0 && s.expires <= threshold {
-                    budget -= 1;
+                let r = rank(&s);
+                let evict = r < threshold || (r == threshold && ties > 0);
+                if evict {
+                    if r == threshold {
+                        ties -= 1;
+                    }
                     self.release(&s);
                     self.slab.release(*idx);
                     removed += 1;
-                    false
-                } else {
-                    true
                 }
+                !evict
             });
         }
-        removed
+        (expired, removed - expired)
     }
 
     /// A portable copy of the store, with interned strings resolved.
