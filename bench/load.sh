@@ -93,7 +93,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "release build"
-cargo build --release --quiet
+cargo build --release --locked --quiet
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

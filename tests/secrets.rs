@@ -178,7 +178,7 @@ async fn no_secret_in_any_output_and_every_file_is_private() {
     // The webhook bodies carry no secret either (the signature is an HMAC, not the key).
     for r in receiver.requests() {
         assert_no_secret("a webhook request", &r.body);
-        for (_, v) in &r.headers {
+        for v in r.headers.values() {
             assert_no_secret("a webhook header", v.as_bytes());
         }
     }

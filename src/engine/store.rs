@@ -885,11 +885,11 @@ mod tests {
             store.update(key_of(&i.to_string()), |_| (Update::Replace(s), ()));
         }
         assert_eq!(store.len(), 100);
-        assert_eq!(store.sweep(150, usize::MAX), 50);
+        assert_eq!(store.sweep(150, usize::MAX), (50, 0));
         assert_eq!(store.len(), 50);
-        assert_eq!(store.sweep(150, 10), 40);
+        assert_eq!(store.sweep(150, 10), (0, 40));
         assert_eq!(store.len(), 10);
-        assert_eq!(store.sweep(10_000, usize::MAX), 10);
+        assert_eq!(store.sweep(10_000, usize::MAX), (10, 0));
         assert_eq!(store.interned_strings(), 0);
     }
 

@@ -68,10 +68,13 @@ pub fn parse_keys(secret: &str) -> Result<Vec<SigningKey>, String> {
     Ok(keys)
 }
 
+/// A file's modification time and length: it changed when they did.
+type Stamp = (std::time::SystemTime, u64);
+
 /// Signs with every key of a destination, reading its `secret_file` again when it changed.
 pub struct Signer {
     file: Option<std::path::PathBuf>,
-    state: std::sync::Mutex<(Option<(std::time::SystemTime, u64)>, Vec<SigningKey>)>,
+    state: std::sync::Mutex<(Option<Stamp>, Vec<SigningKey>)>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -82,7 +85,7 @@ impl std::fmt::Debug for Signer {
     }
 }
 
-fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }

@@ -343,7 +343,10 @@ impl Spool {
 
 /// The done-ledger at `path`: each id done within [`DONE_RETENTION_SECS`] of `now`, with its time
 /// and outcome, and the number of lines read. A missing ledger is empty.
-fn read_done(path: &Path, now: i64) -> io::Result<(HashMap<String, (i64, String)>, usize)> {
+/// Done ids with (time, outcome).
+type Ledger = HashMap<String, (i64, String)>;
+
+fn read_done(path: &Path, now: i64) -> io::Result<(Ledger, usize)> {
     let mut done = HashMap::new();
     let mut lines = 0usize;
     let f = match File::open(path) {

@@ -12,7 +12,7 @@ cd "$REPO"
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 say "building credwatch (release)"
-cargo build --release --quiet
+cargo build --release --locked --quiet
 BIN="$REPO/target/release/credwatch"
 
 say "starting the local stack (moto server on 127.0.0.1, stream, log group, subscription filter)"
