@@ -87,6 +87,49 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A secret from the environment variable `env` or the file `file` (each with the config key it
+/// came from, for errors and warnings), trimmed; `None` when neither is set. A file readable by
+/// group or others is warned about. Errors name the key and never show the secret.
+pub fn read_secret(
+    env: Option<(&str, &str)>,
+    file: Option<(&Path, &str)>,
+) -> anyhow::Result<Option<String>> {
+    if let Some((var, key)) = env {
+        let v = match std::env::var(var) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => {
+                anyhow::bail!("{key}: environment variable {var} is not set")
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("{key}: environment variable {var} is not valid UTF-8")
+            }
+        };
+        let v = v.trim();
+        anyhow::ensure!(!v.is_empty(), "{key}: environment variable {var} is empty");
+        return Ok(Some(v.to_string()));
+    }
+    if let Some((path, key)) = file {
+        let v = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{key}: reading {}: {e}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(m) = std::fs::metadata(path) {
+                if m.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "{key}: the file is readable by group or others (chmod 600 it)"
+                    );
+                }
+            }
+        }
+        let v = v.trim();
+        anyhow::ensure!(!v.is_empty(), "{key}: {} is empty", path.display());
+        return Ok(Some(v.to_string()));
+    }
+    Ok(None)
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

@@ -467,42 +467,12 @@ fn validate_aws_options(c: &EscalationConfig, key: &dyn Fn(&str) -> String) -> R
 }
 
 fn read_secret(c: &EscalationConfig, i: usize) -> anyhow::Result<Option<String>> {
-    if let Some(var) = &c.secret_env {
-        let key = format!("escalation[{i}].secret_env");
-        let v = match std::env::var(var) {
-            Ok(v) => v,
-            Err(std::env::VarError::NotPresent) => {
-                anyhow::bail!("{key}: environment variable {var} is not set")
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                anyhow::bail!("{key}: environment variable {var} is not valid UTF-8")
-            }
-        };
-        let v = v.trim();
-        anyhow::ensure!(!v.is_empty(), "{key}: environment variable {var} is empty");
-        return Ok(Some(v.to_string()));
-    }
-    if let Some(path) = &c.secret_file {
-        let key = format!("escalation[{i}].secret_file");
-        let v = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{key}: reading {}: {e}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            if let Ok(m) = std::fs::metadata(path) {
-                if m.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(
-                        file = %path.display(),
-                        "{key}: the secret file is readable by group or others (chmod 600 it)"
-                    );
-                }
-            }
-        }
-        let v = v.trim();
-        anyhow::ensure!(!v.is_empty(), "{key}: {} is empty", path.display());
-        return Ok(Some(v.to_string()));
-    }
-    Ok(None)
+    let env_key = format!("escalation[{i}].secret_env");
+    let file_key = format!("escalation[{i}].secret_file");
+    crate::private::read_secret(
+        c.secret_env.as_deref().map(|v| (v, env_key.as_str())),
+        c.secret_file.as_deref().map(|p| (p, file_key.as_str())),
+    )
 }
 
 /// The config key a secret came from, for errors.

@@ -75,46 +75,22 @@ impl Token {
 
 /// Reads the configured token, if any. Errors name the option.
 pub fn read_token(cfg: &MetricsConfig) -> anyhow::Result<Option<Token>> {
-    if let Some(var) = &cfg.findings_token_env {
-        let key = "metrics.findings_token_env";
-        let v = match std::env::var(var) {
-            Ok(v) => v,
-            Err(std::env::VarError::NotPresent) => {
-                anyhow::bail!("{key}: environment variable {var} is not set")
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                anyhow::bail!("{key}: environment variable {var} is not valid UTF-8")
-            }
-        };
-        let v = v.trim();
-        anyhow::ensure!(!v.is_empty(), "{key}: environment variable {var} is empty");
-        return Ok(Some(
-            Token::new(v, "findings_token_env").map_err(anyhow::Error::msg)?,
-        ));
-    }
-    if let Some(path) = &cfg.findings_token_file {
-        let key = "metrics.findings_token_file";
-        let v = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{key}: reading {}: {e}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            if let Ok(m) = std::fs::metadata(path) {
-                if m.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(
-                        file = %path.display(),
-                        "{key}: the token file is readable by group or others (chmod 600 it)"
-                    );
-                }
-            }
-        }
-        let v = v.trim();
-        anyhow::ensure!(!v.is_empty(), "{key}: {} is empty", path.display());
-        return Ok(Some(
-            Token::new(v, "findings_token_file").map_err(anyhow::Error::msg)?,
-        ));
-    }
-    Ok(None)
+    let secret = crate::private::read_secret(
+        cfg.findings_token_env
+            .as_deref()
+            .map(|v| (v, "metrics.findings_token_env")),
+        cfg.findings_token_file
+            .as_deref()
+            .map(|p| (p, "metrics.findings_token_file")),
+    )?;
+    let option = if cfg.findings_token_env.is_some() {
+        "findings_token_env"
+    } else {
+        "findings_token_file"
+    };
+    secret
+        .map(|v| Token::new(&v, option).map_err(anyhow::Error::msg))
+        .transpose()
 }
 
 /// Whether a listener on `ip` can be reached from other machines. Loopback addresses (also
