@@ -43,6 +43,7 @@ pub fn process_event(
                 EventError::NotJson(_) => BadKind::NotJson,
                 EventError::MissingField(_) => BadKind::MissingField,
                 EventError::BadField { .. } => BadKind::BadField,
+                EventError::TimeAhead { .. } => BadKind::TimeAhead,
             },
             position: pos.to_string(),
             detail: truncate(&e.to_string(), 200),

@@ -73,15 +73,20 @@ impl CheckpointStore {
     /// Writes atomically: temporary file, fsync, rename, fsync of the folder.
     pub fn save(&self, cp: &Checkpoint) -> std::io::Result<()> {
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
-        {
+        let written = (|| {
             let mut f = crate::private::create(&tmp)?;
             let mut w = std::io::BufWriter::new(&mut f);
             serde_json::to_writer(&mut w, cp).map_err(std::io::Error::other)?;
             w.flush()?;
             drop(w);
             f.sync_all()?;
+            fs::rename(&tmp, self.path())
+        })();
+        if let Err(e) = written {
+            // A partial file on a full disk would keep the space the next attempt needs.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, self.path())?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }

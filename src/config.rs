@@ -136,6 +136,9 @@ pub struct DetectionConfig {
     /// Upper bound on instance-book entries (instances, interfaces, allocations); past it the
     /// ones touched longest ago are dropped first (counted).
     pub max_book_entries: usize,
+    /// An event whose time is ahead of this host's clock by more than this is set aside
+    /// (`time_ahead`), not judged: it would move the watermark, and every window, forward.
+    pub max_clock_skew_secs: u64,
 }
 
 impl Default for DetectionConfig {
@@ -157,6 +160,7 @@ impl Default for DetectionConfig {
             idle_secs: 60,
             max_hold_secs: 1800,
             max_book_entries: 1_000_000,
+            max_clock_skew_secs: 900,
         }
     }
 }

@@ -142,6 +142,11 @@ pub enum EventError {
     MissingField(&'static str),
     #[error("bad field `{field}`: {value:?}")]
     BadField { field: &'static str, value: String },
+    #[error(
+        "eventTime {time} is ahead of this host's clock by more than \
+         detection.max_clock_skew_secs = {skew}"
+    )]
+    TimeAhead { time: String, skew: u64 },
 }
 
 impl EventError {
@@ -151,6 +156,7 @@ impl EventError {
             EventError::NotJson(_) => "not_json",
             EventError::MissingField(_) => "missing_field",
             EventError::BadField { .. } => "bad_field",
+            EventError::TimeAhead { .. } => "time_ahead",
         }
     }
 }

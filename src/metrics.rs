@@ -55,6 +55,8 @@
 //! | `credwatch_detection_latency_seconds` | histogram | |
 //! | `credwatch_event_to_finding_seconds` | histogram | |
 //! | `credwatch_checkpoint_writes_total` | counter | `outcome` |
+//! | `credwatch_output_write_errors_total` | counter | `output` (findings, dead_letters, escalation_spool) |
+//! | `credwatch_output_blocked` | gauge | `output`: 1 while its writes fail and reading waits for it |
 //! | `credwatch_checkpoint_age_seconds` | gauge | |
 //! | `credwatch_checkpoint_last_success_timestamp_seconds` | gauge | |
 //! | `credwatch_escalations_total` | counter | `destination`, `outcome` |
@@ -148,6 +150,8 @@ pub struct Metrics {
     pub bad_records: IntCounterVec,
     pub findings: IntCounterVec,
     pub checkpoint_writes: IntCounterVec,
+    pub output_write_errors: IntCounterVec,
+    pub output_blocked: IntGaugeVec,
     pub checkpoint_age: IntGauge,
     pub checkpoint_last_success: IntGauge,
     /// Unix time of the last successful checkpoint (0: none yet); set by the checkpointer.
@@ -198,6 +202,9 @@ fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
         .expect("metric registered once");
     c
 }
+
+/// The `output` label values of the output metrics.
+pub const OUTPUTS: [&str; 3] = ["findings", "dead_letters", "escalation_spool"];
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(
@@ -549,6 +556,18 @@ impl Metrics {
                 "Checkpoint writes, by outcome (ok, error)",
                 &["outcome"],
             ),
+            output_write_errors: counter_vec(
+                &r,
+                "credwatch_output_write_errors_total",
+                "Failed writes of findings, dead letters or the escalation spool (each retried)",
+                &["output"],
+            ),
+            output_blocked: gauge_vec(
+                &r,
+                "credwatch_output_blocked",
+                "1 while an output cannot be written and reading waits for it",
+                &["output"],
+            ),
             checkpoint_age: gauge(
                 &r,
                 "credwatch_checkpoint_age_seconds",
@@ -656,6 +675,10 @@ impl Metrics {
         }
         for o in ["ok", "error"] {
             self.checkpoint_writes.with_label_values(&[o]);
+        }
+        for o in OUTPUTS {
+            self.output_write_errors.with_label_values(&[o]);
+            self.output_blocked.with_label_values(&[o]);
         }
     }
 
@@ -1262,6 +1285,8 @@ mod tests {
             "credwatch_detection_latency_seconds",
             "credwatch_event_to_finding_seconds",
             "credwatch_checkpoint_writes_total",
+            "credwatch_output_write_errors_total",
+            "credwatch_output_blocked",
             "credwatch_checkpoint_age_seconds",
             "credwatch_checkpoint_last_success_timestamp_seconds",
             "credwatch_escalations_total",

@@ -18,7 +18,7 @@ use crate::recent::RecentFindings;
 
 /// Findings as JSON lines, each id at most once.
 pub struct FindingsSink {
-    out: Box<dyn Write + Send>,
+    out: Output,
     path: Option<PathBuf>,
     offset: u64,
     /// Ids written since the last checkpoint (older ones are covered by the engine's snapshot).
@@ -39,7 +39,7 @@ impl FindingsSink {
     /// Standard output (no restart protection beyond the engine snapshot).
     pub fn stdout() -> FindingsSink {
         FindingsSink {
-            out: Box::new(std::io::stdout()),
+            out: Output::Stdout,
             path: None,
             offset: 0,
             recent: HashSet::new(),
@@ -79,7 +79,7 @@ impl FindingsSink {
         }
         Ok(FindingsSink {
             offset: start + complete as u64,
-            out: Box::new(file),
+            out: Output::File(file),
             path: Some(path.to_path_buf()),
             recent: HashSet::new(),
             inherited,
@@ -93,24 +93,38 @@ impl FindingsSink {
         self
     }
 
-    /// Writes the findings not written before; flushes. Returns those written (and pushes
-    /// them into the recent findings, once they are in the file).
+    /// Writes the findings not written before, all or none (a write that fails part way, on a
+    /// full disk, is cut back off the file), and flushes. Returns those written (and pushes
+    /// them into the recent findings, once they are in the file). After an error nothing has
+    /// changed: the same call can be made again.
     pub fn write(&mut self, findings: &[Finding]) -> std::io::Result<Vec<Finding>> {
         let mut written = Vec::new();
+        let mut again = Vec::new();
+        let mut buf = Vec::new();
         for f in findings {
             // Found again: from now on the engine's snapshot covers it.
-            if self.recent.contains(&f.id) || self.inherited.remove(&f.id) {
-                self.recent.insert(f.id.clone());
+            if self.recent.contains(&f.id) || self.inherited.contains(&f.id) {
+                again.push(&f.id);
                 continue;
             }
-            let mut line = serde_json::to_vec(f).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            self.out.write_all(&line)?;
-            self.offset += line.len() as u64;
-            self.recent.insert(f.id.clone());
+            if written.iter().any(|w: &Finding| w.id == f.id) {
+                continue;
+            }
+            serde_json::to_writer(&mut buf, f).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
             written.push(f.clone());
         }
-        self.out.flush()?;
+        if !buf.is_empty() {
+            self.out.append(&buf, self.offset)?;
+            self.offset += buf.len() as u64;
+        }
+        for id in again {
+            self.inherited.remove(id);
+            self.recent.insert(id.clone());
+        }
+        for f in &written {
+            self.recent.insert(f.id.clone());
+        }
         if let Some(r) = &self.recent_findings {
             r.push(&written);
         }
@@ -139,6 +153,36 @@ impl FindingsSink {
     }
 }
 
+/// Where a sink writes.
+enum Output {
+    Stdout,
+    File(File),
+}
+
+impl Output {
+    /// Appends `buf` whole, or not at all: when a write fails part way (a full disk), the file
+    /// is cut back to `len`, its length before, so that no partial line is left for the next
+    /// write to run into.
+    fn append(&mut self, buf: &[u8], len: u64) -> std::io::Result<()> {
+        match self {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(buf)?;
+                out.flush()
+            }
+            Output::File(f) => {
+                let res = f.write_all(buf).and_then(|()| f.flush());
+                if res.is_err() {
+                    // Best effort: when even this fails, `FindingsSink::open` removes a
+                    // partial last line after a restart.
+                    let _ = f.set_len(len);
+                }
+                res
+            }
+        }
+    }
+}
+
 /// A set-aside record as written to the dead-letter file.
 #[derive(Debug, Serialize)]
 pub struct DeadLetter<'a> {
@@ -158,19 +202,23 @@ pub const MAX_DEAD_LETTER_BYTES: usize = 1 << 20;
 
 /// Dead letters as JSON lines (to a file, or only to the log when none is configured).
 pub struct DeadLetterSink {
-    out: Option<File>,
+    out: Option<(Output, u64)>,
 }
 
 impl DeadLetterSink {
     pub fn open(path: Option<&Path>) -> std::io::Result<DeadLetterSink> {
         let out = match path {
-            Some(p) => Some(crate::private::open_append(p, false)?),
+            Some(p) => {
+                let f = crate::private::open_append(p, false)?;
+                let len = f.metadata()?.len();
+                Some((Output::File(f), len))
+            }
             None => None,
         };
         Ok(DeadLetterSink { out })
     }
 
-    /// Records one bad record with its shard and sequence number.
+    /// Records one bad record with its shard and sequence number: logs it, then appends it.
     pub fn write(
         &mut self,
         bad: &BadRecord,
@@ -178,13 +226,20 @@ impl DeadLetterSink {
         sequence_number: &str,
         data: Option<&[u8]>,
     ) -> std::io::Result<()> {
-        tracing::warn!(
-            kind = bad.kind.as_str(),
-            position = %bad.position,
-            detail = %bad.detail,
-            "bad record set aside"
-        );
-        let Some(out) = self.out.as_mut() else {
+        log_set_aside(bad);
+        self.append(bad, shard_id, sequence_number, data)
+    }
+
+    /// Appends one bad record, whole or not at all (the same call can be made again after an
+    /// error); logs nothing.
+    pub fn append(
+        &mut self,
+        bad: &BadRecord,
+        shard_id: &str,
+        sequence_number: &str,
+        data: Option<&[u8]>,
+    ) -> std::io::Result<()> {
+        let Some((out, len)) = self.out.as_mut() else {
             return Ok(());
         };
         let letter = DeadLetter {
@@ -201,9 +256,20 @@ impl DeadLetterSink {
         };
         let mut line = serde_json::to_vec(&letter).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        out.write_all(&line)?;
-        out.flush()
+        out.append(&line, *len)?;
+        *len += line.len() as u64;
+        Ok(())
     }
+}
+
+/// The log line of a record set aside.
+pub fn log_set_aside(bad: &BadRecord) {
+    tracing::warn!(
+        kind = bad.kind.as_str(),
+        position = %bad.position,
+        detail = %bad.detail,
+        "bad record set aside"
+    );
 }
 
 #[cfg(test)]

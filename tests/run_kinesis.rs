@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use support::moto::MotoServer;
 use support::prometheus::free_port;
 use support::run::{
-    envelope, gzip, http_get, now_ms, reuse_sessions, sessions, Nets, Run, Session, State, ACCT,
-    FINDINGS_TIMEOUT, LOG_GROUP, REGION, RULE,
+    assert_one_finding_per_session, checkpoint_covers, checkpointed_sequence, envelope, gzip,
+    http_get, last_sequences, metric_value, now_ms, reuse_sessions, sessions, Nets, Run, Session,
+    State, ACCT, FINDINGS_TIMEOUT, LOG_GROUP, REGION, RULE,
 };
 
 /// Where this file's sessions come from.
@@ -50,92 +51,6 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Every finding is a `session_token_reuse` of one of `sessions`, each session has exactly one,
-/// home event first, and no `id` appears twice.
-fn assert_one_finding_per_session(findings: &[Value], sessions: &[&Session]) {
-    let all = || {
-        findings
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let mut ids = BTreeMap::new();
-    for f in findings {
-        let id = f["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("finding without id: {f}"));
-        *ids.entry(id.to_string()).or_insert(0) += 1;
-    }
-    let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "finding ids written more than once: {repeated:?}\n{}",
-        all()
-    );
-
-    let by_name: BTreeMap<String, &Session> = sessions.iter().map(|s| (s.name(), *s)).collect();
-    let mut per_session: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for f in findings {
-        assert_eq!(f["rule"], RULE, "unexpected finding: {f}");
-        let name = f["session"]
-            .as_str()
-            .unwrap_or_else(|| panic!("finding without session: {f}"));
-        assert!(
-            by_name.contains_key(name),
-            "finding for an unknown session: {f}"
-        );
-        per_session.entry(name).or_default().push(f);
-    }
-    for s in sessions {
-        let name = s.name();
-        let got = per_session
-            .get(name.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        assert_eq!(
-            got.len(),
-            1,
-            "session {name}: want 1 finding, got {}:\n{}",
-            got.len(),
-            all()
-        );
-        let f = got[0];
-        assert_eq!(
-            f["event_ids"],
-            json!([s.home_id, s.second_id]),
-            "session {name}: {f}"
-        );
-        assert_eq!(f["access_key_id"], s.key.as_str(), "session {name}: {f}");
-        assert_eq!(f["severity"], "high", "session {name}: {f}");
-        let events = f["events"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no events: {f}"));
-        assert_eq!(events.len(), 2, "session {name}: {f}");
-        assert_eq!(events[0]["role"], "first", "session {name}: {f}");
-        assert_eq!(
-            events[0]["event_id"],
-            s.home_id.as_str(),
-            "session {name}: {f}"
-        );
-        assert_eq!(
-            events[0]["origin"],
-            s.home_ip.as_str(),
-            "session {name}: {f}"
-        );
-        assert_eq!(events[1]["role"], "second", "session {name}: {f}");
-        assert_eq!(
-            events[1]["event_id"],
-            s.second_id.as_str(),
-            "session {name}: {f}"
-        );
-        assert_eq!(
-            events[1]["origin"],
-            s.evil_ip.as_str(),
-            "session {name}: {f}"
-        );
-    }
-}
-
 /// Shard ids of `stream`, in order.
 async fn shard_ids(moto: &MotoServer, stream: &str) -> Vec<String> {
     moto.kinesis()
@@ -149,46 +64,6 @@ async fn shard_ids(moto: &MotoServer, stream: &str) -> Vec<String> {
         .iter()
         .map(|s| s.shard_id().to_string())
         .collect()
-}
-
-/// The checkpoint's sequence number for `shard`, if it has one.
-fn checkpointed_sequence(checkpoint: &Value, shard: &str) -> Option<String> {
-    match &checkpoint["shards"][shard]["sequence_number"] {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// Sequence numbers are decimal strings without leading zeros: compare by length, then text.
-fn seq_at_least(have: &str, want: &str) -> bool {
-    (have.len(), have) >= (want.len(), want)
-}
-
-/// The last sequence number of each shard that holds records.
-async fn last_sequences(moto: &MotoServer, stream: &str) -> BTreeMap<String, String> {
-    let mut last = BTreeMap::new();
-    for (shard, seq, _) in moto.read_all_records(stream).await {
-        let e = last.entry(shard).or_insert_with(String::new);
-        if e.is_empty() || !seq_at_least(e, &seq) {
-            *e = seq;
-        }
-    }
-    last
-}
-
-/// Ok when the checkpoint covers every record in `last` (shard -> last sequence number).
-fn checkpoint_covers(state: &State, last: &BTreeMap<String, String>) -> Result<(), String> {
-    let Some(cp) = state.checkpoint() else {
-        return Err("no checkpoint.json yet".into());
-    };
-    for (shard, want) in last {
-        match checkpointed_sequence(&cp, shard) {
-            Some(have) if seq_at_least(&have, want) => {}
-            have => return Err(format!("{shard} at {have:?}, want {want}: {cp}")),
-        }
-    }
-    Ok(())
 }
 
 // ---- tests ---------------------------------------------------------------------------------
@@ -539,12 +414,6 @@ async fn sigterm_checkpoints_and_exits_0() {
             "{shard}: the final checkpoint should cover its last record: {cp}"
         );
     }
-}
-
-/// The value of an unlabelled metric in a `/metrics` text.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,10 @@ use std::time::Duration;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use serde_json::{json, Value};
 use support::kinesis_mock::KinesisMock;
-use support::run::{envelope, reuse_sessions, sessions, Nets, Run, Session, State, GRACE, RULE};
+use support::run::{
+    assert_one_finding_per_session, envelope, reuse_sessions, sessions, Nets, Run, Session, State,
+    GRACE, RULE,
+};
 
 // Explicit hash keys, one in each quarter of the key space. A 2-shard stream has
 // shard 0 = [0, 2^127) and shard 1 = [2^127, 2^128); splitting a shard in half puts Q1 and Q2
@@ -36,62 +39,6 @@ const RUN_ENV: &[(&str, &str)] = &[
     ("CREDWATCH_KINESIS__SHARD_DISCOVERY_INTERVAL_SECS", "1"),
     ("CREDWATCH_KINESIS__MAX_RECORDS_PER_CALL", "2"),
 ];
-
-/// Every finding is a `session_token_reuse` of one of `sessions`, each session has exactly one,
-/// home event first, and no `id` appears twice.
-fn assert_one_finding_per_session(findings: &[Value], sessions: &[&Session]) {
-    let all = || {
-        findings
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let mut ids = BTreeMap::new();
-    for f in findings {
-        let id = f["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("finding without id: {f}"));
-        *ids.entry(id.to_string()).or_insert(0) += 1;
-    }
-    let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "finding ids written more than once: {repeated:?}\n{}",
-        all()
-    );
-    let by_name: BTreeMap<String, &Session> = sessions.iter().map(|s| (s.name(), *s)).collect();
-    let mut per_session: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for f in findings {
-        assert_eq!(f["rule"], RULE, "unexpected finding: {f}");
-        let name = f["session"]
-            .as_str()
-            .unwrap_or_else(|| panic!("finding without session: {f}"));
-        assert!(
-            by_name.contains_key(name),
-            "finding for an unknown session: {f}"
-        );
-        per_session.entry(name).or_default().push(f);
-    }
-    for s in sessions {
-        let name = s.name();
-        let got = per_session
-            .get(name.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        assert_eq!(
-            got.len(),
-            1,
-            "session {name}: want 1 finding, got {}:\n{}",
-            got.len(),
-            all()
-        );
-        assert_eq!(
-            got[0]["event_ids"],
-            json!([s.home_id, s.second_id]),
-            "session {name}"
-        );
-    }
-}
 
 /// Reads one shard from TRIM_HORIZON until the shard ends (null `NextShardIterator`) or a read
 /// comes back empty while the shard is open; returns the records and whether the shard ended.

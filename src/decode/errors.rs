@@ -37,11 +37,15 @@ pub enum BadKind {
     BadField,
     /// Reading the input failed.
     Io,
+    /// An event whose `eventTime` is ahead of this host's clock by more than
+    /// `detection.max_clock_skew_secs`: CloudTrail cannot have written it yet, and judged, it
+    /// would move the event-time watermark (and every window) into the future.
+    TimeAhead,
 }
 
 impl BadKind {
     /// Every kind, for pre-registering metric labels.
-    pub const ALL: [BadKind; 11] = [
+    pub const ALL: [BadKind; 12] = [
         BadKind::NotGzip,
         BadKind::TruncatedGzip,
         BadKind::GzipBomb,
@@ -53,6 +57,7 @@ impl BadKind {
         BadKind::MissingField,
         BadKind::BadField,
         BadKind::Io,
+        BadKind::TimeAhead,
     ];
 
     /// The snake_case name used in metrics labels and the dead-letter file.
@@ -69,6 +74,7 @@ impl BadKind {
             BadKind::MissingField => "missing_field",
             BadKind::BadField => "bad_field",
             BadKind::Io => "io",
+            BadKind::TimeAhead => "time_ahead",
         }
     }
 }

@@ -356,6 +356,13 @@ impl Engine {
         pos: Position<'_>,
     ) -> Result<(Vec<Finding>, i64), EventError> {
         let t = ev.time_secs()?;
+        let skew = self.cfg.detection.max_clock_skew_secs;
+        if t > wall_secs().saturating_add(skew as i64) {
+            return Err(EventError::TimeAhead {
+                time: crate::event::format_time(t),
+                skew,
+            });
+        }
         self.stats.events.fetch_add(1, Relaxed);
         self.watermark.fetch_max(t, Relaxed);
         let origin = origin::classify(ev);
@@ -878,4 +885,11 @@ fn origin_addr(origin: &str) -> Option<IpAddr> {
     }
     let inner = origin.rsplit_once(" (")?.1.strip_suffix(')')?;
     inner.parse().ok()
+}
+
+/// This host's clock, in epoch seconds (0 before 1970).
+fn wall_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

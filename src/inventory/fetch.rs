@@ -166,7 +166,8 @@ pub struct Fetcher {
 /// profile, web identity, ECS, instance metadata), `endpoint_url` when set, and the first of
 /// `regions` when the chain names no region (STS is called there).
 pub async fn base_sdk_config(cfg: &InventoryConfig) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).timeout_config(crate::kinesis::timeouts());
     if let Some(u) = &cfg.endpoint_url {
         loader = loader.endpoint_url(u);
     }

@@ -87,6 +87,10 @@ pub(crate) struct Shared {
     pub coordination: Option<Arc<leased::Coordination>>,
     /// The stream consumer's ARN, when reading through enhanced fan-out.
     pub consumer_arn: Option<String>,
+    /// Set when a finding or dead letter could not be written at all (given up at shutdown):
+    /// the engine has seen events whose output is missing, so no checkpoint may be written
+    /// after it; the next start reads them again from the last checkpoint.
+    pub unsaved: std::sync::atomic::AtomicBool,
 }
 
 /// Reads one shard the configured way (polling, or enhanced fan-out).
@@ -129,9 +133,25 @@ pub(crate) fn at_timestamp(k: &KinesisConfig) -> Start {
     )
 }
 
-/// Builds an SDK config from `[kinesis]` region and endpoint (else the default chain).
+/// How long an AWS call may take to connect, and then to send the first byte of its answer,
+/// before the attempt fails and is retried. Without a limit, one stalled response (a proxy, a
+/// half-open connection) would hold a shard's reader forever.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The timeouts of every AWS client credwatch builds.
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(FIRST_BYTE_TIMEOUT)
+        .build()
+}
+
+/// Builds an SDK config from `[kinesis]` region and endpoint (else the default chain), with
+/// [`CONNECT_TIMEOUT`] and [`FIRST_BYTE_TIMEOUT`] on every call.
 pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts());
     if let Some(r) = region {
         loader = loader.region(aws_config::Region::new(r.to_string()));
     }
@@ -274,6 +294,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         kinesis: cfg.kinesis.clone(),
         coordination: coordination.clone(),
         consumer_arn,
+        unsaved: std::sync::atomic::AtomicBool::new(false),
     });
 
     // The health server outlives `shutdown`: /readyz answers 503 while the shard tasks drain
@@ -456,6 +477,13 @@ pub(crate) fn released(shared: &Shared, shard: &str) -> bool {
 async fn checkpoint(shared: &Arc<Shared>, store: &Arc<CheckpointStore>) -> anyhow::Result<()> {
     let cp = {
         let _exclusive = shared.gate.write().await;
+        if shared.unsaved.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!(
+                "not written: findings or dead letters of records already read could not be \
+                 written, and a checkpoint now would skip them; the next start reads them again \
+                 from the last checkpoint"
+            );
+        }
         let mut findings = shared.findings.lock().unwrap_or_else(|p| p.into_inner());
         let cp = Checkpoint {
             version: 1,

@@ -312,19 +312,28 @@ pub(crate) async fn emit(
     mut found: Vec<(Finding, Option<f64>)>,
 ) -> anyhow::Result<()> {
     let m = &shared.metrics;
-    {
-        let mut dl = shared
-            .dead_letters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (b, seq, data) in record_bad {
+    let letters: Vec<(BadRecord, String, Option<&[u8]>)> = record_bad
+        .into_iter()
+        .chain(event_bad.into_iter().map(|(b, seq)| (b, seq, None)))
+        .collect();
+    if !letters.is_empty() {
+        for (b, _, _) in &letters {
             m.bad_records.with_label_values(&[b.kind.as_str()]).inc();
-            dl.write(&b, shard_id, &seq, data)?;
+            crate::sink::log_set_aside(b);
         }
-        for (b, seq) in event_bad {
-            m.bad_records.with_label_values(&[b.kind.as_str()]).inc();
-            dl.write(&b, shard_id, &seq, None)?;
-        }
+        let mut next = 0;
+        persist(shared, "dead_letters", || {
+            let mut dl = shared
+                .dead_letters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            while let Some((b, seq, data)) = letters.get(next) {
+                dl.append(b, shard_id, seq, *data)?;
+                next += 1;
+            }
+            Ok(())
+        })
+        .await?;
     }
     if let Some(c) = &shared.coordination {
         // Several workers: report only what no other worker has (a session's two origins on
@@ -345,19 +354,21 @@ pub(crate) async fn emit(
     }
     if !found.is_empty() {
         let findings: Vec<Finding> = found.iter().map(|(f, _)| f.clone()).collect();
-        let written = shared
-            .findings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write(&findings)
-            .map_err(|e| anyhow::anyhow!("writing findings: {e}"))?;
+        let written = persist(shared, "findings", || {
+            shared
+                .findings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write(&findings)
+        })
+        .await?;
         // Spooled durably before the shard's position moves past this record. All of them, not
         // only what the findings file took: after a crash between the two, the replay finds its
         // findings already in the file, and the spool skips the ids it already holds.
-        shared
-            .escalator
-            .submit(&findings)
-            .map_err(|e| anyhow::anyhow!("spooling findings for escalation: {e}"))?;
+        persist(shared, "escalation_spool", || {
+            shared.escalator.submit(&findings)
+        })
+        .await?;
         if let Some(c) = &shared.coordination {
             for f in &findings {
                 c.reported(f).await;
@@ -386,4 +397,69 @@ pub(crate) async fn emit(
         }
     }
     Ok(())
+}
+
+/// Runs `write` (a write to one of the outputs: `findings`, `dead_letters`, `escalation_spool`)
+/// until it succeeds. While it fails (a full or read-only disk), the caller waits, and with it
+/// this shard's reading and, behind the checkpoint gate, every shard: the records stay in the
+/// stream, no position moves past them, and nothing is lost or said twice. Each failure is
+/// counted (`credwatch_output_write_errors_total`), `credwatch_output_blocked` is 1 meanwhile,
+/// and an error is logged at once and every 30 s. At shutdown it gives up: the process then
+/// writes no further checkpoint (see `Shared::unsaved`), so the next start reads those records
+/// again from the last one. `write` must leave nothing changed when it fails.
+pub(crate) async fn persist<T>(
+    shared: &Shared,
+    output: &'static str,
+    mut write: impl FnMut() -> std::io::Result<T>,
+) -> anyhow::Result<T> {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    const LOG_EVERY: Duration = Duration::from_secs(30);
+    let m = &shared.metrics;
+    let mut delay = FIRST;
+    let mut since: Option<std::time::Instant> = None;
+    let mut logged: Option<std::time::Instant> = None;
+    loop {
+        let e = match write() {
+            Ok(v) => {
+                if let Some(since) = since {
+                    m.output_blocked.with_label_values(&[output]).set(0);
+                    tracing::info!(
+                        output,
+                        blocked_secs = since.elapsed().as_secs(),
+                        "{output} written again; reading goes on"
+                    );
+                }
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        m.output_write_errors.with_label_values(&[output]).inc();
+        m.output_blocked.with_label_values(&[output]).set(1);
+        let first = *since.get_or_insert_with(std::time::Instant::now);
+        if logged.is_none_or(|l| l.elapsed() >= LOG_EVERY) {
+            tracing::error!(
+                output,
+                error = %e,
+                blocked_secs = first.elapsed().as_secs(),
+                "cannot write {output}; reading waits (the records stay in the stream) and the \
+                 write is retried"
+            );
+            logged = Some(std::time::Instant::now());
+        }
+        if shared.shutdown.is_cancelled() {
+            shared
+                .unsaved
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            anyhow::bail!(
+                "writing {output}: {e}; given up at shutdown: no checkpoint is written after \
+                 this, so the next start reads these records again"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+        delay = (delay * 2).min(MAX);
+    }
 }
