@@ -2,29 +2,29 @@
 # Runs every fuzz target for its share of a total number of executions, and records what each
 # did (executions, coverage, corpus, crashes) in fuzz/results.jsonl and fuzz/README.md's table.
 #
-#   fuzz/run.sh [--total N] [--targets "gunzip envelope ..."] [--jobs J] [--max-len BYTES]
+#   fuzz/run.sh [--total N] [--targets "gunzip envelope ..."] [--parallel P] [--max-len BYTES]
 #   fuzz/run.sh --ci        # each target for a short fixed budget (20,000 runs), as CI does
 #
-# Needs the nightly toolchain (cargo-fuzz builds with -Z sanitizer flags) and cargo-fuzz, which
-# is installed into .local/cargo-fuzz when missing. Corpora are seeded from ../shared/data
+# Builds the targets with the nightly toolchain (`cargo build --profile fuzz`: libFuzzer through
+# libfuzzer-sys, SanitizerCoverage on credwatch and its parsers through profile rustflags, see
+# fuzz/Cargo.toml) and runs the binaries directly. Corpora are seeded from ../shared/data
 # (fuzz/seed.py) under fuzz/corpus/ (git-ignored); crashes land in fuzz/artifacts/<target>/.
 # A crash fails the run (exit 1) after every target has had its turn.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
 cd "$HERE"
 
 TOTAL=100000000
 TARGETS="gunzip envelope cloudtrail_file event config ip_ranges dynamo_items"
-JOBS=1
+PARALLEL=1
 MAX_LEN=65536
 CI=0
 while (($#)); do
   case "$1" in
     --total) TOTAL="$2"; shift 2 ;;
     --targets) TARGETS="$2"; shift 2 ;;
-    --jobs) JOBS="$2"; shift 2 ;;
+    --parallel) PARALLEL="$2"; shift 2 ;;
     --max-len) MAX_LEN="$2"; shift 2 ;;
     --ci) CI=1; shift ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
@@ -34,19 +34,12 @@ done
 
 rustup run nightly rustc --version >/dev/null 2>&1 ||
   { echo "fuzz/run.sh: the nightly toolchain is missing (rustup toolchain list)" >&2; exit 1; }
-FUZZ_ROOT="$REPO/.local/cargo-fuzz"
-if ! [[ -x "$FUZZ_ROOT/bin/cargo-fuzz" ]]; then
-  echo "==> installing cargo-fuzz into $FUZZ_ROOT" >&2
-  cargo install --locked --root "$FUZZ_ROOT" cargo-fuzz --version 0.13.1 >&2
-fi
-export PATH="$FUZZ_ROOT/bin:$PATH"
 
 python3 "$HERE/seed.py" --out "$HERE/corpus" >&2
-echo "==> building the fuzz targets (nightly, release, AddressSanitizer)" >&2
-cargo +nightly fuzz build --release >&2
+echo "==> building the fuzz targets ($(rustup run nightly rustc --version), profile fuzz)" >&2
+RUSTFLAGS= rustup run nightly cargo build --locked --profile fuzz --bins >&2
+BIN="$HERE/target/fuzz"
 
-FORK=()
-((JOBS > 1)) && FORK=(-fork="$JOBS")
 n=$(wc -w <<<"$TARGETS")
 if ((CI)); then
   PER=20000
@@ -55,18 +48,20 @@ else
 fi
 RESULTS="$HERE/results.jsonl"
 ((CI)) && RESULTS="$(mktemp)"
-crashed=0
-for t in $TARGETS; do
-  log="$HERE/artifacts/$t.log"
+
+# One target: its runs, then one line of results.
+fuzz_one() {
+  local t="$1" log="$HERE/artifacts/$1.log"
   mkdir -p "$HERE/artifacts/$t" "$HERE/corpus/$t"
+  local before after start secs rc execs cov ft corpus new
   before=$(find "$HERE/artifacts/$t" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) | wc -l)
   start=$(date +%s)
   echo "==> $t: $PER executions" >&2
   set +e
-  cargo +nightly fuzz run --release "$t" "$HERE/corpus/$t" -- \
+  "$BIN/$t" "$HERE/corpus/$t" \
     -runs="$PER" -max_len="$MAX_LEN" -dict="$HERE/dict/cloudtrail.dict" -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$HERE/artifacts/$t/" \
-    "${FORK[@]}" >"$log" 2>&1
+    >"$log" 2>&1
   rc=$?
   set -e
   secs=$(( $(date +%s) - start ))
@@ -77,12 +72,27 @@ for t in $TARGETS; do
   corpus=$(find "$HERE/corpus/$t" -type f | wc -l)
   new=$(( after - before ))
   printf '{"target":"%s","executions":%s,"seconds":%s,"coverage_edges":%s,"features":%s,"corpus":%s,"new_crashes":%s,"exit":%s,"date":"%s"}\n' \
-    "$t" "${execs:-0}" "$secs" "${cov:-0}" "${ft:-0}" "$corpus" "$new" "$rc" "$(date -u +%FT%TZ)" | tee -a "$RESULTS" >&2
+    "$t" "${execs:-0}" "$secs" "${cov:-0}" "${ft:-0}" "$corpus" "$new" "$rc" "$(date -u +%FT%TZ)" >>"$RESULTS"
+  tail -1 "$RESULTS" >&2
   if (( new > 0 || rc != 0 )); then
-    crashed=1
     echo "fuzz/run.sh: $t crashed (exit $rc); see $log and $HERE/artifacts/$t/" >&2
     tail -30 "$log" >&2
+    return 1
   fi
+}
+
+crashed=0
+pids=()
+for t in $TARGETS; do
+  fuzz_one "$t" &
+  pids+=($!)
+  if (( ${#pids[@]} >= PARALLEL )); then
+    wait "${pids[0]}" || crashed=1
+    pids=("${pids[@]:1}")
+  fi
+done
+for p in "${pids[@]}"; do
+  wait "$p" || crashed=1
 done
 if ! ((CI)); then
   python3 "$HERE/table.py" "$RESULTS" "$HERE/README.md"

@@ -140,6 +140,10 @@ pub struct HuntArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub escalate_timeout_secs: u64,
+    /// Threads that read, decode and judge files side by side (default: one per core). Any
+    /// number gives the same findings.
+    #[arg(long, env = "CREDWATCH_HUNT_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
     /// Files or folders: CloudTrail S3 objects (.json/.json.gz), JSON arrays, EventBridge events,
     /// JSON lines, CloudWatch Logs subscription envelopes.
     #[arg(required = true, env = "CREDWATCH_PATHS", value_delimiter = ',')]
@@ -229,10 +233,14 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
             "SEVERITY", "RULE", "SESSION"
         );
     }
+    let threads = args
+        .threads
+        .map_or_else(hunt::default_threads, |n| n as usize);
     let summary = hunt::hunt_files(
         &engine,
         &files,
         &limits,
+        threads,
         |f| {
             let res = match args.output {
                 OutputFormat::Json => serde_json::to_string(f)

@@ -52,6 +52,11 @@ const QUIET_ALERTS: &[(&str, &str)] = &[
         "CredwatchNoEvents",
         "sum by (instance) (increase(credwatch_events_total[15m]))",
     ),
+    // The outputs are writable.
+    (
+        "CredwatchOutputBlocked",
+        "max by (instance, output) (credwatch_output_blocked)",
+    ),
     // Checkpoints are written every second.
     (
         "CredwatchCheckpointStale",

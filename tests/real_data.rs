@@ -18,6 +18,14 @@ fn data(rel: &str) -> PathBuf {
 }
 
 fn hunt(paths: &[PathBuf], cfg: &Config) -> (Vec<Finding>, HuntSummary, Engine) {
+    hunt_threads(paths, cfg, 1)
+}
+
+fn hunt_threads(
+    paths: &[PathBuf],
+    cfg: &Config,
+    threads: usize,
+) -> (Vec<Finding>, HuntSummary, Engine) {
     let engine = Engine::new(cfg);
     let files = collect_files(paths).unwrap();
     let mut findings = Vec::new();
@@ -25,10 +33,40 @@ fn hunt(paths: &[PathBuf], cfg: &Config) -> (Vec<Finding>, HuntSummary, Engine) 
         &engine,
         &files,
         &Limits::default(),
+        threads,
         |f| findings.push(f.clone()),
         |_| {},
     );
     (findings, summary, engine)
+}
+
+/// Every finding as its JSON line without the wall-clock `detected_at`, in the order given.
+fn lines(findings: &[Finding]) -> Vec<String> {
+    findings
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::to_value(f).unwrap();
+            v.as_object_mut().unwrap().remove("detected_at");
+            v.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn one_thread_and_four_give_the_same_findings_on_every_shared_recording() {
+    let all = [data("")];
+    let (one, s1, _) = hunt_threads(&all, &Config::default(), 1);
+    assert!(!one.is_empty(), "the recordings give findings");
+    for threads in [2, 4, 7] {
+        let (many, sn, _) = hunt_threads(&all, &Config::default(), threads);
+        assert!(
+            lines(&many) == lines(&one),
+            "{threads} threads against one: {} findings against {}",
+            many.len(),
+            one.len()
+        );
+        assert_eq!(sn.render(), s1.render(), "{threads} threads: the summary");
+    }
 }
 
 fn rule_counts(findings: &[Finding]) -> BTreeMap<String, usize> {

@@ -67,3 +67,6 @@ fi
 # speed and memory are measured in benchmarks, never in tests.
 step "cargo test --locked --lib --bins --tests"
 cargo test --locked --lib --bins --tests
+
+step "fuzz: every target for a short fixed budget (fuzz/run.sh --ci, nightly toolchain)"
+bash fuzz/run.sh --ci

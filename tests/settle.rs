@@ -586,6 +586,7 @@ fn hunt(files: &[PathBuf]) -> (Vec<Finding>, HuntSummary) {
         &engine,
         files,
         &Limits::default(),
+        1,
         |f| findings.push(f.clone()),
         |b| panic!("bad record: {b:?}"),
     );

@@ -230,6 +230,51 @@ fn hunt_over_a_generated_workload_scores_precision_and_recall_of_one_with_its_co
 }
 
 #[test]
+fn hunt_with_one_thread_and_with_four_writes_the_same_findings_on_a_generated_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 9, 20_000);
+    let logs = dir.path().join("AWSLogs");
+    let cfg = dir.path().join("credwatch.toml");
+    let run = |threads: &str| {
+        ok(
+            &credwatch(&[
+                "hunt",
+                "--output",
+                "json",
+                "--threads",
+                threads,
+                "--config",
+                cfg.to_str().unwrap(),
+                logs.to_str().unwrap(),
+            ]),
+            "hunt",
+        )
+    };
+    let without_time = |out: String| -> Vec<Value> {
+        out.lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("detected_at");
+                v
+            })
+            .collect()
+    };
+    let one = without_time(run("1"));
+    assert!(
+        one.len() >= 10,
+        "the workload gives findings: {}",
+        one.len()
+    );
+    let four = without_time(run("4"));
+    assert!(
+        four == one,
+        "four threads against one: {} findings against {}",
+        four.len(),
+        one.len()
+    );
+}
+
+#[test]
 fn with_the_default_config_dual_stack_and_shared_endpoints_are_the_known_false_positives() {
     // Known limitations without the generated credwatch.toml:
     // - ipv6_dual_stack: an instance calling from its IPv4 and its IPv6 address is two origins

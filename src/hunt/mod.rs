@@ -83,68 +83,129 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 /// How often (in events) the hunt sweeps expired sessions.
 const SWEEP_EVERY: u64 = 100_000;
 
-/// Hunts over files; findings and bad records go to the callbacks as they are found.
+/// What one file gave.
+#[derive(Default)]
+struct FileResult {
+    events: u64,
+    format: Option<&'static str>,
+    bad: Vec<BadRecord>,
+    found: Vec<Finding>,
+}
+
+/// Reads, decodes and judges one file.
+fn hunt_file(engine: &Engine, path: &Path, limits: &Limits) -> FileResult {
+    let mut r = FileResult::default();
+    let prefix = path.display().to_string();
+    let bytes = match read_capped(path, limits) {
+        Ok(b) => b,
+        Err(b) => {
+            r.bad.push(b);
+            return r;
+        }
+    };
+    let mut event_bad = Vec::new();
+    let result = decode_file(
+        &bytes,
+        limits,
+        &prefix,
+        |raw| {
+            r.events += 1;
+            match process_event(engine, &raw, &prefix, limits) {
+                Ok((fs, _)) => r.found.extend(fs),
+                Err(b) => event_bad.push(b),
+            }
+        },
+        |b| r.bad.push(b),
+    );
+    match result {
+        Ok(format) => r.format = Some(format.as_str()),
+        Err(b) => r.bad.push(b),
+    }
+    r.bad.append(&mut event_bad);
+    r
+}
+
+/// The number of threads `hunt` uses by default: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Hunts over files with `threads` threads sharing one engine; findings and bad records go to
+/// the callbacks file by file, in path order, as soon as every earlier file is done.
+///
+/// Any number of threads gives the same findings in the same order: each thread takes the next
+/// file, the engine is shared, and what a session's events establish does not depend on the
+/// order they come in (a second origin is only a candidate until everything has arrived, then
+/// judged on the whole set of its events: `src/settle`). Files come in path order, which is not
+/// time order across accounts and regions either, so nothing expires by time during a hunt;
+/// only the `max_sessions` and book caps apply.
 pub fn hunt_files(
     engine: &Engine,
     files: &[PathBuf],
     limits: &Limits,
+    threads: usize,
     mut on_finding: impl FnMut(&Finding),
     mut on_bad: impl FnMut(&BadRecord),
 ) -> HuntSummary {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
     let mut summary = HuntSummary::default();
-    let mut since_sweep = 0u64;
-    for path in files {
+    let mut take = |r: FileResult, summary: &mut HuntSummary| {
         summary.files += 1;
-        let prefix = path.display().to_string();
-        let mut bad = |b: BadRecord, summary: &mut HuntSummary| {
+        summary.events += r.events;
+        if let Some(f) = r.format {
+            *summary.formats.entry(f).or_default() += 1;
+        }
+        for b in r.bad {
             *summary.bad.entry(b.kind).or_default() += 1;
             on_bad(&b);
-        };
-        let bytes = match read_capped(path, limits) {
-            Ok(b) => b,
-            Err(b) => {
-                bad(b, &mut summary);
-                continue;
-            }
-        };
-        let mut file_bad = Vec::new();
-        let mut event_bad = Vec::new();
-        let mut found = Vec::new();
-        let mut events = 0u64;
-        let result = decode_file(
-            &bytes,
-            limits,
-            &prefix,
-            |raw| {
-                events += 1;
-                match process_event(engine, &raw, &prefix, limits) {
-                    Ok((fs, _)) => found.extend(fs),
-                    Err(b) => event_bad.push(b),
-                }
-            },
-            |b| file_bad.push(b),
-        );
-        match result {
-            Ok(format) => *summary.formats.entry(format.as_str()).or_default() += 1,
-            Err(b) => file_bad.push(b),
         }
-        summary.events += events;
-        file_bad.append(&mut event_bad);
-        for b in file_bad {
-            bad(b, &mut summary);
-        }
-        for f in &found {
+        for f in &r.found {
             *summary.findings.entry(f.rule.clone()).or_default() += 1;
             on_finding(f);
         }
-        since_sweep += events;
-        if since_sweep >= SWEEP_EVERY {
-            since_sweep = 0;
-            // Files come in path order, which is not time order across accounts and regions (and
-            // a folder may be in any order): nothing expires by time during a hunt, so the order
-            // cannot change what is found. Only the `max_sessions` and book caps apply.
+    };
+    let since_sweep = AtomicU64::new(0);
+    let swept = |events: u64| {
+        if since_sweep.fetch_add(events, Relaxed) + events >= SWEEP_EVERY {
+            since_sweep.store(0, Relaxed);
             engine.sweep_at(0);
         }
+    };
+    let threads = threads.clamp(1, files.len().max(1));
+    if threads == 1 {
+        for path in files {
+            let r = hunt_file(engine, path, limits);
+            swept(r.events);
+            take(r, &mut summary);
+        }
+    } else {
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, FileResult)>();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let (tx, next, swept) = (tx.clone(), &next, &swept);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, Relaxed);
+                    let Some(path) = files.get(i) else { break };
+                    let r = hunt_file(engine, path, limits);
+                    swept(r.events);
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            // Handed on in file order, each as soon as every earlier file is done.
+            let mut pending = BTreeMap::new();
+            let mut want = 0;
+            for (i, r) in rx {
+                pending.insert(i, r);
+                while let Some(r) = pending.remove(&want) {
+                    take(r, &mut summary);
+                    want += 1;
+                }
+            }
+        });
     }
     // Everything has arrived: every candidate is final.
     for f in engine.settle(crate::settle::SettleAt::END) {

@@ -253,6 +253,13 @@ impl Pending {
     }
 }
 
+/// Findings in event-time order (then by id), whatever the maps' order: the same events give
+/// the same output, with any number of threads or shards.
+fn in_order(mut found: Vec<Finding>) -> Vec<Finding> {
+    found.sort_by(|a, b| (&a.event_time, &a.id).cmp(&(&b.event_time, &b.id)));
+    found
+}
+
 /// One origin's judgement.
 enum Verdict {
     /// Explained, with the counted exception (none for a restart) and the reason.
@@ -298,7 +305,7 @@ impl Engine {
             .map(|c| *c.key())
             .collect();
         if ready.is_empty() {
-            return out;
+            return in_order(out);
         }
         if self.authority.is_some() && self.sync_control() > 0 {
             tracing::debug!("read shared control-plane events before settling");
@@ -320,7 +327,7 @@ impl Engine {
                 }
             }
         }
-        out
+        in_order(out)
     }
 
     /// Judges the held outside-AWS uses whose issuance, if any, has surely arrived: a key
