@@ -2,8 +2,12 @@
 # Runs every fuzz target for its share of a total number of executions, and records what each
 # did (executions, coverage, corpus, crashes) in fuzz/results.jsonl and fuzz/README.md's table.
 #
-#   fuzz/run.sh [--total N] [--targets "gunzip envelope ..."] [--parallel P] [--max-len BYTES]
+#   fuzz/run.sh [--total N | --seconds S] [--targets "gunzip envelope ..."] [--parallel P]
+#               [--max-len BYTES]
 #   fuzz/run.sh --ci        # each target for a short fixed budget (20,000 runs), as CI does
+#
+# --total N gives each target N / targets executions; --seconds S runs each for S seconds
+# instead (fast targets then do more), and the table sums what each did over every run.
 #
 # Builds the targets with the nightly toolchain (`cargo build --profile fuzz`: libFuzzer through
 # libfuzzer-sys, SanitizerCoverage on credwatch and its parsers through profile rustflags, see
@@ -18,6 +22,7 @@ cd "$HERE"
 TOTAL=100000000
 TARGETS="gunzip envelope cloudtrail_file event config ip_ranges dynamo_items"
 PARALLEL=1
+SECONDS_EACH=0
 MAX_LEN=65536
 CI=0
 while (($#)); do
@@ -25,9 +30,10 @@ while (($#)); do
     --total) TOTAL="$2"; shift 2 ;;
     --targets) TARGETS="$2"; shift 2 ;;
     --parallel) PARALLEL="$2"; shift 2 ;;
+    --seconds) SECONDS_EACH="$2"; shift 2 ;;
     --max-len) MAX_LEN="$2"; shift 2 ;;
     --ci) CI=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "fuzz/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +52,10 @@ if ((CI)); then
 else
   PER=$(( TOTAL / n ))
 fi
+BUDGET=(-runs="$PER")
+if ((SECONDS_EACH > 0 && !CI)); then
+  BUDGET=(-max_total_time="$SECONDS_EACH")
+fi
 RESULTS="$HERE/results.jsonl"
 ((CI)) && RESULTS="$(mktemp)"
 
@@ -56,10 +66,10 @@ fuzz_one() {
   local before after start secs rc execs cov ft corpus new
   before=$(find "$HERE/artifacts/$t" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \) | wc -l)
   start=$(date +%s)
-  echo "==> $t: $PER executions" >&2
+  echo "==> $t: ${BUDGET[*]}" >&2
   set +e
   "$BIN/$t" "$HERE/corpus/$t" \
-    -runs="$PER" -max_len="$MAX_LEN" -dict="$HERE/dict/cloudtrail.dict" -timeout=10 \
+    "${BUDGET[@]}" -max_len="$MAX_LEN" -dict="$HERE/dict/cloudtrail.dict" -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$HERE/artifacts/$t/" \
     >"$log" 2>&1
   rc=$?

@@ -137,6 +137,9 @@ pub struct EngineStats {
     /// Proposals to the shared store, and those that failed (the local store decided alone).
     pub authority_calls: AtomicU64,
     pub authority_errors: AtomicU64,
+    /// Session events judged without the shared store, since it could not be reached: they
+    /// left no local decision, and their records must be read again (see `unshared`).
+    pub unshared: AtomicU64,
 }
 
 impl EngineStats {
@@ -639,6 +642,14 @@ impl Engine {
             );
         }
         removed
+    }
+
+    /// How many session events so far could not be shared with the other workers (their
+    /// shared store unreachable). A shard reader compares it before and after a record: when it
+    /// moved, the record is read again later (this may be another shard's event: a record read
+    /// twice changes nothing).
+    pub fn unshared(&self) -> u64 {
+        self.stats.unshared.load(Relaxed)
     }
 
     pub fn tracked_sessions(&self) -> usize {

@@ -261,9 +261,19 @@ pub(crate) async fn read_shard(
                 .with_label_values(&[&shard_id])
                 .set(e.millis_behind_latest() as f64 / 1000.0);
             let records = e.records();
-            if let Some(last) =
-                process_batch(&shared, &shard_id, records, &mut scratch, &stop).await?
-            {
+            let batch = process_batch(&shared, &shard_id, records, &mut scratch, &stop).await?;
+            if batch.again {
+                // A record could not be shared with the other workers: subscribe again from
+                // it, after a pause.
+                if let Some(last) = batch.last {
+                    start = Start::After(last);
+                }
+                if !pause(&stop, backoff.next_delay().max(IN_USE_WAIT)).await {
+                    return Ok(ShardExit::Shutdown);
+                }
+                break;
+            }
+            if let Some(last) = batch.last {
                 start = Start::After(last);
             } else if records.is_empty() {
                 // No record, but the service says where to go on from (past records it

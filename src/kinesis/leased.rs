@@ -149,6 +149,9 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
             _ = shared.shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 renew_all(&shared, &c, &mut held, now()).await;
+                // At once: a lease lost here must not be reported as read while the table
+                // stays unreachable (the scan below then fails, and the tick ends early).
+                publish_ownership(&shared, &held);
                 // Keep the instance book up to date with what other workers shared.
                 let engine = shared.engine.clone();
                 tokio::task::block_in_place(|| engine.sync_control());
@@ -182,9 +185,7 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
                 clock.observe(&leases, now());
                 take_leases(&shared, &c, &leases, &clock, &mut held, now()).await;
                 start_readers(&shared, &leases, &mut held, &mut tasks);
-                shared.metrics.shards_owned.set(held.values().filter(|h| h.running).count() as i64);
-                let ready = held.values().any(|h| h.running) && !shared.shutdown.is_cancelled();
-                shared.metrics.ready.store(ready, Relaxed);
+                publish_ownership(&shared, &held);
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let (shard_id, exit) = match joined {
@@ -210,7 +211,7 @@ pub(crate) async fn coordinate(shared: Arc<Shared>, c: Arc<Coordination>) -> any
                     }
                     Err(e) => { fatal = Some(e.context(format!("shard {shard_id}"))); break; }
                 }
-                shared.metrics.shards_owned.set(held.values().filter(|h| h.running).count() as i64);
+                publish_ownership(&shared, &held);
             }
         }
     }
@@ -279,6 +280,14 @@ fn publish_remote_marks(shared: &Shared, leases: &[Lease], me: &str) {
             }
         }
     }
+}
+
+/// `credwatch_kinesis_shards_owned` and `/readyz`: the shards this worker is reading now.
+fn publish_ownership(shared: &Shared, held: &BTreeMap<String, Held>) {
+    let running = held.values().filter(|h| h.running).count();
+    shared.metrics.shards_owned.set(running as i64);
+    let ready = running > 0 && !shared.shutdown.is_cancelled();
+    shared.metrics.ready.store(ready, Relaxed);
 }
 
 /// Renews every held lease, writing the shard's position as its checkpoint when it moved.

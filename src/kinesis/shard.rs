@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
@@ -19,6 +19,14 @@ use crate::decode::cloudwatch_envelope::{decode_record, Scratch};
 use crate::decode::BadRecord;
 use crate::event::parse_time;
 use crate::finding::Finding;
+
+/// Error codes that mean "slow down" without being a modelled throttling error of the call.
+fn is_throttling_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("LimitExceededException" | "ThrottlingException" | "Throttling" | "SlowDown")
+    )
+}
 
 /// Exponential backoff with full jitter.
 pub(crate) struct Backoff {
@@ -111,6 +119,7 @@ pub(crate) async fn read_shard(
                         Some(GetShardIteratorError::ProvisionedThroughputExceededException(_)) => {
                             "throttled"
                         }
+                        Some(se) if is_throttling_code(se.code()) => "throttled",
                         Some(_) => "service",
                         None => "network",
                     };
@@ -181,8 +190,17 @@ pub(crate) async fn read_shard(
                 .set(ms as f64 / 1000.0);
         }
         let records = resp.records();
-        if let Some(last) = process_batch(&shared, &shard_id, records, &mut scratch, &stop).await? {
+        let batch = process_batch(&shared, &shard_id, records, &mut scratch, &stop).await?;
+        if let Some(last) = batch.last {
             start = Start::After(last);
+        }
+        if batch.again {
+            // From the record that could not be shared, with a fresh iterator, after a pause.
+            iterator = None;
+            if !pause(&stop, backoff.next_delay()).await {
+                return Ok(ShardExit::Shutdown);
+            }
+            continue;
         }
         match resp.next_shard_iterator() {
             None => {
@@ -204,20 +222,31 @@ pub(crate) async fn read_shard(
     }
 }
 
+/// What [`process_batch`] did.
+pub(crate) struct Batch {
+    /// The last sequence number processed.
+    pub last: Option<SequenceNumber>,
+    /// It stopped before the end because a record's events could not be shared with the other
+    /// workers (their store unreachable): read on from `last` after a pause.
+    pub again: bool,
+}
+
 /// Decodes and detects one batch record by record: each record's dead letters and findings are
 /// written (claimed, spooled) before the shard's position moves past it, so a checkpoint taken
 /// mid-batch is exact. Stops at a record boundary when `stop` fires (shutdown, or the lease was
-/// lost: the next owner reads on from the checkpoint). Returns the last sequence number
-/// processed.
+/// lost: the next owner reads on from the checkpoint), and before a record whose events could
+/// not be shared with the other workers (`again`): that record's position does not move, so it
+/// is read again.
 pub(crate) async fn process_batch(
     shared: &Arc<Shared>,
     shard_id: &str,
     records: &[Record],
     scratch: &mut Scratch,
     stop: &CancellationToken,
-) -> anyhow::Result<Option<SequenceNumber>> {
+) -> anyhow::Result<Batch> {
+    let mut again = false;
     if records.is_empty() {
-        return Ok(None);
+        return Ok(Batch { last: None, again });
     }
     let m = &shared.metrics;
     let _gate = shared.gate.read().await;
@@ -240,6 +269,7 @@ pub(crate) async fn process_batch(
             .approximate_arrival_timestamp()
             .map(|t| t.secs() as f64 + t.subsec_nanos() as f64 / 1e9);
         let prefix = format!("{shard_id}@{seq}");
+        let unshared = shared.engine.unshared();
         let mut decoder_bad = Vec::new();
         let result = decode_record(
             data,
@@ -262,8 +292,14 @@ pub(crate) async fn process_batch(
         if let Err(b) = result {
             record_bad.push((b, seq.to_string(), Some(data)));
         }
+        // Findings and dead letters are written whatever happens next: read again, the record's
+        // findings are not repeated (the sink knows their ids); a dead letter may be.
         if !(found.is_empty() && record_bad.is_empty() && event_bad.is_empty()) {
             emit(shared, shard_id, record_bad, event_bad, found).await?;
+        }
+        if shared.engine.unshared() != unshared {
+            again = true;
+            break;
         }
         n_records += 1;
         n_bytes += data.len() as u64;
@@ -299,7 +335,7 @@ pub(crate) async fn process_batch(
     m.shard_events
         .with_label_values(&[shard_id])
         .inc_by(n_events);
-    Ok(last)
+    Ok(Batch { last, again })
 }
 
 /// Writes one record's dead letters, then its findings: claimed (several workers), written,

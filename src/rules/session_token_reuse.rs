@@ -189,7 +189,9 @@ pub(crate) fn check(
     if cred.instance_id.is_some() && credited(e) {
         return;
     }
-    consult(e, key, cred, ev, tag, Some(&value), t, expires);
+    if !consult(e, key, cred, ev, tag, Some(&value), t, expires) {
+        return;
+    }
     // With several workers, the call that gave the address (or restarted the instance) may have
     // been read by another: before calling this a second origin, catch up on what they shared.
     if cred.instance_id.is_some() && e.authority.is_some() {
@@ -279,7 +281,9 @@ fn runtime_use(
         pos,
         expires,
     );
-    consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires);
+    if !consult(e, key, cred, ev, HomeTag::LambdaRuntime, None, t, expires) {
+        return;
+    }
 
     let runtime_home =
         |exp: i64| Update::Replace(new_home(e, ev, HomeTag::LambdaRuntime, None, t, exp, cred));
@@ -345,8 +349,12 @@ pub(crate) fn issued(
 /// With a shared store: when this event would start a session or give it a second origin,
 /// proposes it as the first origin and seeds the local cache with what the authority holds, so
 /// that the local decision below is the same on every worker. A session's first origin is the
-/// earliest event's, whichever worker saw it; an unreachable authority leaves the local store
-/// to decide alone (counted).
+/// earliest event's, whichever worker saw it.
+///
+/// Returns false when the authority cannot be reached: then no local decision may be made
+/// either (a home decided alone would hide, for good, a second origin another worker holds the
+/// home of), so the event leaves no trace and is counted in `unshared`; the shard reader reads
+/// its record again once the store answers (`Engine::unshared`).
 #[allow(clippy::too_many_arguments)]
 fn consult(
     e: &Engine,
@@ -357,9 +365,9 @@ fn consult(
     value: Option<&HomeValue>,
     t: i64,
     expires: i64,
-) {
+) -> bool {
     let Some(auth) = e.authority.as_deref() else {
-        return;
+        return true;
     };
     let runtime = tag == HomeTag::LambdaRuntime;
     let local = e.store.peek(key);
@@ -369,7 +377,7 @@ fn consult(
     };
     // At home, and not earlier than the home's first event: nothing the authority needs.
     if local.is_some_and(|s| s.expires as i64 >= t && is_home(&s) && t >= s.first_time as i64) {
-        return;
+        return true;
     }
     let proposal = portable(&home_parts(ev, tag, value, t, expires, cred));
     e.stats
@@ -381,8 +389,14 @@ fn consult(
             e.stats
                 .authority_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(error = %err, "shared session store unreachable; deciding locally");
-            return;
+            e.stats
+                .unshared
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                error = %err,
+                "shared session store unreachable; the event's record will be read again"
+            );
+            return false;
         }
     };
     // The home the local cache should hold before the local decision, if it should change.
@@ -407,6 +421,7 @@ fn consult(
             e.store.seed(key, &h);
         }
     }
+    true
 }
 
 fn new_home(

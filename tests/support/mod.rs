@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+pub mod fault_proxy;
 pub mod kinesis_mock;
 pub mod moto;
 pub mod process;
