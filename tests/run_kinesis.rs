@@ -12,13 +12,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use credwatch::decode::gzip::gunzip_capped;
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::moto::MotoServer;
 use support::prometheus::free_port;
 use support::run::{
     assert_one_finding_per_session, checkpoint_covers, checkpointed_sequence, envelope, gzip,
     http_get, last_sequences, metric_value, now_ms, reuse_sessions, sessions, Nets, Run, Session,
-    State, ACCT, FINDINGS_TIMEOUT, LOG_GROUP, REGION, RULE,
+    State, ACCT, FINDINGS_TIMEOUT, LOG_GROUP, REGION,
 };
 
 /// Where this file's sessions come from.

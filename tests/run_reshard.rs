@@ -4,15 +4,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_kinesis::types::ShardIteratorType;
-use serde_json::{json, Value};
 use support::kinesis_mock::KinesisMock;
 use support::run::{
     assert_one_finding_per_session, envelope, reuse_sessions, sessions, Nets, Run, Session, State,
-    GRACE, RULE,
+    GRACE,
 };
 
 // Explicit hash keys, one in each quarter of the key space. A 2-shard stream has
