@@ -21,15 +21,13 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::{json, Value};
 use support::fault_proxy::{Fault, FaultProxy, Plan};
 use support::moto::MotoServer;
 use support::prometheus::free_port;
 use support::run::{
-    envelope, gzip, http_get, now_ms, sessions, Nets, Run, Session, State, FINDINGS_TIMEOUT,
-    LOG_GROUP, RULE,
+    assert_one_finding_per_session, envelope, gzip, http_get, now_ms, sessions, Nets, Run, Session,
+    State, FINDINGS_TIMEOUT, LOG_GROUP, RULE,
 };
 
 const NETS: Nets = Nets {
@@ -245,74 +243,6 @@ fn assert_healthy(run: &mut Run, when: &str) {
 }
 
 // ---- what is checked -----------------------------------------------------------------------
-
-/// Every finding is a `session_token_reuse` of one of `sessions`, each session has exactly one
-/// (home event first), and no `id` appears twice.
-fn assert_one_finding_per_session(findings: &[Value], sessions: &[&Session]) {
-    let all = || {
-        findings
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let mut ids = BTreeMap::new();
-    for f in findings {
-        let id = f["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("finding without id: {f}"));
-        *ids.entry(id.to_string()).or_insert(0) += 1;
-    }
-    let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        repeated.is_empty(),
-        "finding ids written more than once: {repeated:?}\n{}",
-        all()
-    );
-    let by_name: BTreeMap<String, &Session> = sessions.iter().map(|s| (s.name(), *s)).collect();
-    let mut per_session: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for f in findings {
-        assert_eq!(f["rule"], RULE, "unexpected finding: {f}");
-        let name = f["session"]
-            .as_str()
-            .unwrap_or_else(|| panic!("finding without session: {f}"));
-        assert!(
-            by_name.contains_key(name),
-            "finding for an unknown session: {f}"
-        );
-        per_session.entry(name).or_default().push(f);
-    }
-    for s in sessions {
-        let name = s.name();
-        let got = per_session
-            .get(name.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        assert_eq!(
-            got.len(),
-            1,
-            "session {name}: want 1 finding, got {}:\n{}",
-            got.len(),
-            all()
-        );
-        let f = got[0];
-        assert_eq!(
-            f["event_ids"],
-            json!([s.home_id, s.second_id]),
-            "session {name}: {f}"
-        );
-        assert_eq!(f["access_key_id"], s.key.as_str(), "session {name}: {f}");
-        assert_eq!(
-            f["events"][0]["origin"],
-            s.home_ip.as_str(),
-            "session {name}: {f}"
-        );
-        assert_eq!(
-            f["events"][1]["origin"],
-            s.evil_ip.as_str(),
-            "session {name}: {f}"
-        );
-    }
-}
 
 /// Every record and event put is accounted for, exactly: records read = records in the stream;
 /// events processed = valid events put; set aside (the metric and the dead-letter file) = the
@@ -539,42 +469,44 @@ async fn throttling_is_backed_off_and_nothing_is_lost_or_repeated() {
     eprintln!("test took {:?}", started.elapsed());
 }
 
-/// Server errors: every GetRecords answers 500 InternalFailure for a while, mid-stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_are_retried_and_nothing_is_lost_or_repeated() {
+/// A fault on a share of every Kinesis call from the start, then on every GetRecords for 5 s
+/// while the second half of the workload arrives: every finding once, nothing read while every
+/// GetRecords fails, the log line `degraded_log` and `error` counted, the fault injected.
+async fn flaky_then_failing(
+    tag: &'static str,
+    seed: u64,
+    fault: Fault,
+    share: f64,
+    degraded_log: &[&str],
+    error: &str,
+) -> Stack {
     let started = Instant::now();
-    let mut stack = Stack::new("errors", SEED + 1).await;
-    let all = sessions("net-500", 12, NETS);
+    let mut stack = Stack::new(tag, seed).await;
+    let all = sessions(&format!("net-{tag}"), 12, NETS);
     let (early, late) = all.split_at(6);
     stack.put_sessions("early", early).await;
-    stack.put_set_asides("errors").await;
-    // Flaky from the start: one call in three fails (the SDK's retries hide most of it).
+    stack.put_set_asides(tag).await;
     stack
         .proxy
-        .set_plan(Plan::pass().with("Kinesis_20131202.*", Fault::ServerError, 0.3));
+        .set_plan(Plan::pass().with("Kinesis_20131202.*", fault, share));
     stack.start();
     let early_refs: Vec<&Session> = early.iter().collect();
     stack.await_findings(&early_refs).await;
 
     stack
         .proxy
-        .set_plan(Plan::pass().with(GET_RECORDS, Fault::ServerError, 1.0));
+        .set_plan(Plan::pass().with(GET_RECORDS, fault, 1.0));
     let failing_at = Instant::now();
     let records_before = stack.metric("credwatch_kinesis_records_total", "");
     stack.put_sessions("late", late).await;
-    let line = wait_log(
-        stack.run(),
-        &["GetRecords failed", "InternalFailure"],
-        Duration::from_secs(20),
-    )
-    .await;
+    let line = wait_log(stack.run(), degraded_log, Duration::from_secs(20)).await;
     eprintln!("degraded: {line}");
     let port = stack.port;
     wait_metric(
         stack.run(),
         port,
         "credwatch_kinesis_get_records_errors_total",
-        "error=\"service\"",
+        &format!("error=\"{error}\""),
         2.0,
         Duration::from_secs(20),
     )
@@ -583,7 +515,7 @@ async fn server_errors_are_retried_and_nothing_is_lost_or_repeated() {
     assert_eq!(
         stack.metric("credwatch_kinesis_records_total", ""),
         records_before,
-        "a record read while every GetRecords failed"
+        "a record read while every GetRecords failed ({fault:?})"
     );
     stack.proxy.clear();
 
@@ -592,76 +524,47 @@ async fn server_errors_are_retried_and_nothing_is_lost_or_repeated() {
     assert_accounted(&mut stack).await;
     let p = &stack.proxy;
     eprintln!("proxy: {}", p.summary());
-    assert!(
-        p.injected_on(Fault::ServerError, GET_RECORDS) >= 6,
-        "{}",
-        p.summary()
-    );
+    assert!(p.injected_on(fault, GET_RECORDS) >= 6, "{}", p.summary());
     assert_healthy(stack.run(), "the end of the test");
     eprintln!("test took {:?}", started.elapsed());
+    stack
+}
+
+/// Server errors: one Kinesis call in three answers 500 InternalFailure from the start (the
+/// SDK's retries hide most of it), then every GetRecords for a while, mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_and_nothing_is_lost_or_repeated() {
+    flaky_then_failing(
+        "errors",
+        SEED + 1,
+        Fault::ServerError,
+        0.3,
+        &["GetRecords failed", "InternalFailure"],
+        "service",
+    )
+    .await;
 }
 
 /// Connection resets: half of every Kinesis call's connections reset from the start, then every
 /// GetRecords for a while, mid-stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_resets_are_retried_and_nothing_is_lost_or_repeated() {
-    let started = Instant::now();
-    let mut stack = Stack::new("resets", SEED + 2).await;
-    let all = sessions("net-reset", 12, NETS);
-    let (early, late) = all.split_at(6);
-    stack.put_sessions("early", early).await;
-    stack.put_set_asides("resets").await;
-    stack
-        .proxy
-        .set_plan(Plan::pass().with("Kinesis_20131202.*", Fault::Reset, 0.5));
-    stack.start();
-    let early_refs: Vec<&Session> = early.iter().collect();
-    stack.await_findings(&early_refs).await;
-
-    stack
-        .proxy
-        .set_plan(Plan::pass().with(GET_RECORDS, Fault::Reset, 1.0));
-    let failing_at = Instant::now();
-    let records_before = stack.metric("credwatch_kinesis_records_total", "");
-    stack.put_sessions("late", late).await;
-    let line = wait_log(stack.run(), &["GetRecords failed"], Duration::from_secs(20)).await;
-    eprintln!("degraded: {line}");
-    let port = stack.port;
-    wait_metric(
-        stack.run(),
-        port,
-        "credwatch_kinesis_get_records_errors_total",
-        "error=\"network\"",
-        2.0,
-        Duration::from_secs(20),
+    let stack = flaky_then_failing(
+        "resets",
+        SEED + 2,
+        Fault::Reset,
+        0.5,
+        &["GetRecords failed"],
+        "network",
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(5).saturating_sub(failing_at.elapsed())).await;
-    assert_eq!(
-        stack.metric("credwatch_kinesis_records_total", ""),
-        records_before,
-        "a record read while every GetRecords was reset"
-    );
-    stack.proxy.clear();
-
-    let refs: Vec<&Session> = all.iter().collect();
-    assert_found_once(&mut stack, &refs).await;
-    assert_accounted(&mut stack).await;
     let p = &stack.proxy;
-    eprintln!("proxy: {}", p.summary());
-    assert!(
-        p.injected_on(Fault::Reset, GET_RECORDS) >= 6,
-        "{}",
-        p.summary()
-    );
     assert!(
         p.injected_on(Fault::Reset, LIST_SHARDS) + p.injected_on(Fault::Reset, GET_SHARD_ITERATOR)
             >= 1,
         "{}",
         p.summary()
     );
-    assert_healthy(stack.run(), "the end of the test");
-    eprintln!("test took {:?}", started.elapsed());
 }
 
 /// Stalls: every GetRecords answer is held 15 s, longer than the 10 s read timeout every AWS
@@ -904,60 +807,6 @@ async fn wait_workers<T>(
     }
 }
 
-/// Each shard's starting hash key, to put a record into that shard.
-async fn hash_keys(moto: &MotoServer, stream: &str) -> BTreeMap<String, String> {
-    let out = moto
-        .kinesis()
-        .await
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await
-        .expect("ListShards");
-    out.shards()
-        .iter()
-        .map(|s| {
-            (
-                s.shard_id().to_string(),
-                s.hash_key_range()
-                    .expect("hash key range")
-                    .starting_hash_key()
-                    .to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Puts each `(shard, data)` as its own record into that shard.
-async fn put_to_shards(
-    moto: &MotoServer,
-    stream: &str,
-    keys: &BTreeMap<String, String>,
-    records: &[(String, Vec<u8>)],
-) {
-    let entries: Vec<PutRecordsRequestEntry> = records
-        .iter()
-        .map(|(shard, data)| {
-            PutRecordsRequestEntry::builder()
-                .partition_key("p")
-                .explicit_hash_key(&keys[shard])
-                .data(Blob::new(data.clone()))
-                .build()
-                .expect("partition key and data are set")
-        })
-        .collect();
-    let out = moto
-        .kinesis()
-        .await
-        .put_records()
-        .stream_name(stream)
-        .set_records(Some(entries))
-        .send()
-        .await
-        .expect("PutRecords");
-    assert_eq!(out.failed_record_count().unwrap_or(0), 0, "{out:?}");
-}
-
 /// Each session's home into `home_shard`, its second origin into `away_shard`: the two halves
 /// of every session on two different workers.
 fn split(sessions: &[Session], home_shard: &str, away_shard: &str) -> Vec<(String, Vec<u8>)> {
@@ -1029,7 +878,7 @@ async fn dynamodb_unreachable_for_two_workers_then_back_reports_each_session_onc
     let moto = MotoServer::start_serial();
     let stream = "faults-coord";
     moto.create_stream(stream, 2).await;
-    let keys = hash_keys(&moto, stream).await;
+    let keys = moto.hash_keys(stream).await;
     let proxy = FaultProxy::start(moto.port(), SEED + 5);
     let dynamodb = proxy.endpoint();
     let mut w1 = Worker::start(&moto, &dynamodb, stream, "w1");
@@ -1058,7 +907,8 @@ async fn dynamodb_unreachable_for_two_workers_then_back_reports_each_session_onc
     let all = sessions("net-dynamo", 18, NETS);
     let (before, rest) = all.split_at(6);
     let (during, after_lost) = rest.split_at(6);
-    put_to_shards(&moto, stream, &keys, &split(before, a, b)).await;
+    moto.put_to_shards(stream, &keys, &split(before, a, b))
+        .await;
     found_once_across(
         "the sessions put before the outage",
         before,
@@ -1082,7 +932,8 @@ async fn dynamodb_unreachable_for_two_workers_then_back_reports_each_session_onc
     let down_at = Instant::now();
     let outage = Duration::from_secs(20);
     // Sessions arriving as DynamoDB goes away: read before the workers notice.
-    put_to_shards(&moto, stream, &keys, &split(during, b, a)).await;
+    moto.put_to_shards(stream, &keys, &split(during, b, a))
+        .await;
     // Every worker: DynamoDB errors counted, its lease lost (not renewed for a whole lease
     // duration), and log lines saying so.
     wait_workers(
@@ -1160,7 +1011,8 @@ async fn dynamodb_unreachable_for_two_workers_then_back_reports_each_session_onc
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Sessions arriving while no worker holds a lease: nothing may read them.
-    put_to_shards(&moto, stream, &keys, &split(after_lost, a, b)).await;
+    moto.put_to_shards(stream, &keys, &split(after_lost, a, b))
+        .await;
     // What an operator sees meanwhile: no shard owned, not ready. Recorded, and asserted at
     // the end (after the recovery checks).
     let mut stale: Vec<String> = Vec::new();

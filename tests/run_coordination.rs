@@ -9,8 +9,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use serde_json::Value;
 use support::moto::MotoServer;
 use support::prometheus::free_port;
@@ -165,30 +163,6 @@ async fn wait_until<T>(
     }
 }
 
-/// Each shard's starting hash key, to put a record into that shard (ExplicitHashKey).
-async fn hash_keys(moto: &MotoServer, stream: &str) -> BTreeMap<String, String> {
-    let out = moto
-        .kinesis()
-        .await
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await
-        .expect("ListShards");
-    out.shards()
-        .iter()
-        .map(|s| {
-            (
-                s.shard_id().to_string(),
-                s.hash_key_range()
-                    .expect("hash key range")
-                    .starting_hash_key()
-                    .to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Puts each `(shard, event)` as its own envelope into that shard.
 async fn put_to_shards(
     moto: &MotoServer,
@@ -196,34 +170,11 @@ async fn put_to_shards(
     keys: &BTreeMap<String, String>,
     events: &[(String, String)],
 ) {
-    let entries: Vec<PutRecordsRequestEntry> = events
+    let records: Vec<(String, Vec<u8>)> = events
         .iter()
-        .map(|(shard, event)| {
-            PutRecordsRequestEntry::builder()
-                .partition_key("p")
-                .explicit_hash_key(&keys[shard])
-                .data(Blob::new(envelope("i-0", std::slice::from_ref(event))))
-                .build()
-                .unwrap()
-        })
+        .map(|(shard, event)| (shard.clone(), envelope("i-0", std::slice::from_ref(event))))
         .collect();
-    let out = moto
-        .kinesis()
-        .await
-        .put_records()
-        .stream_name(stream)
-        .set_records(Some(entries))
-        .send()
-        .await
-        .expect("PutRecords");
-    assert_eq!(out.failed_record_count().unwrap_or(0), 0, "{out:?}");
-    for (r, (shard, _)) in out.records().iter().zip(events) {
-        assert_eq!(
-            r.shard_id(),
-            Some(shard.as_str()),
-            "ExplicitHashKey honoured"
-        );
-    }
+    moto.put_to_shards(stream, keys, &records).await;
 }
 
 /// Every finding of every worker, with the worker's id.
@@ -279,7 +230,7 @@ async fn three_workers_share_eight_shards_report_each_session_once_and_survive_k
     let stream = "coord-three";
     moto.create_stream(stream, 8).await;
     let db = dynamodb(&moto).await;
-    let keys = hash_keys(&moto, stream).await;
+    let keys = moto.hash_keys(stream).await;
     let w1 = Worker::start(&moto, stream, "w1");
     let w2 = Worker::start(&moto, stream, "w2");
     let w3 = Worker::start(&moto, stream, "w3");
@@ -469,7 +420,7 @@ async fn a_worker_that_loses_a_lease_stops_reading_the_shard_until_it_takes_it_b
     let stream = "coord-lost";
     moto.create_stream(stream, 2).await;
     let db = dynamodb(&moto).await;
-    let keys = hash_keys(&moto, stream).await;
+    let keys = moto.hash_keys(stream).await;
     let w = Worker::start(&moto, stream, "solo");
     wait_until(
         "both leases held",
@@ -757,7 +708,7 @@ async fn a_credit_read_by_one_worker_explains_a_use_the_other_read_first() {
     let stream = "coord-credit";
     moto.create_stream(stream, 2).await;
     let db = dynamodb(&moto).await;
-    let keys = hash_keys(&moto, stream).await;
+    let keys = moto.hash_keys(stream).await;
     // Long enough idleness that the watermark, not idleness, decides while the test puts records.
     let idle = [("CREDWATCH_DETECTION__IDLE_SECS", "15")];
     let w1 = Worker::start_with(&moto, stream, "w1", &idle);

@@ -363,6 +363,68 @@ impl MotoServer {
             .collect()
     }
 
+    /// Each shard's starting hash key, to put a record into that shard (ExplicitHashKey).
+    pub async fn hash_keys(&self, stream: &str) -> std::collections::BTreeMap<String, String> {
+        let out = self
+            .kinesis()
+            .await
+            .list_shards()
+            .stream_name(stream)
+            .send()
+            .await
+            .expect("ListShards");
+        out.shards()
+            .iter()
+            .map(|s| {
+                (
+                    s.shard_id().to_string(),
+                    s.hash_key_range()
+                        .expect("hash key range")
+                        .starting_hash_key()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Puts each `(shard, data)` as its own record into that shard (`keys` from
+    /// [`MotoServer::hash_keys`]), and checks that each landed there.
+    pub async fn put_to_shards(
+        &self,
+        stream: &str,
+        keys: &std::collections::BTreeMap<String, String>,
+        records: &[(String, Vec<u8>)],
+    ) {
+        let entries: Vec<PutRecordsRequestEntry> = records
+            .iter()
+            .map(|(shard, data)| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key("p")
+                    .explicit_hash_key(&keys[shard])
+                    .data(Blob::new(data.clone()))
+                    .build()
+                    .expect("partition key and data are set")
+            })
+            .collect();
+        let out = self
+            .kinesis()
+            .await
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .expect("PutRecords");
+        assert_eq!(out.failed_record_count().unwrap_or(0), 0, "{out:?}");
+        for (r, (shard, _)) in out.records().iter().zip(records) {
+            assert_eq!(
+                r.shard_id(),
+                Some(shard.as_str()),
+                "ExplicitHashKey honoured"
+            );
+        }
+    }
+
     /// Reads every shard of `stream` from TRIM_HORIZON until a read comes back empty; returns the
     /// records shard by shard, in shard order.
     pub async fn read_all_records(&self, stream: &str) -> Vec<StreamRecord> {
