@@ -218,20 +218,8 @@ impl DeadLetterSink {
         Ok(DeadLetterSink { out })
     }
 
-    /// Records one bad record with its shard and sequence number: logs it, then appends it.
-    pub fn write(
-        &mut self,
-        bad: &BadRecord,
-        shard_id: &str,
-        sequence_number: &str,
-        data: Option<&[u8]>,
-    ) -> std::io::Result<()> {
-        log_set_aside(bad);
-        self.append(bad, shard_id, sequence_number, data)
-    }
-
-    /// Appends one bad record, whole or not at all (the same call can be made again after an
-    /// error); logs nothing.
+    /// Appends one bad record with its shard and sequence number, whole or not at all (the same
+    /// call can be made again after an error); logs nothing (see [`log_set_aside`]).
     pub fn append(
         &mut self,
         bad: &BadRecord,
