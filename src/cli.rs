@@ -236,6 +236,7 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
     let threads = args
         .threads
         .map_or_else(hunt::default_threads, |n| n as usize);
+    let started = std::time::Instant::now();
     let summary = hunt::hunt_files(
         &engine,
         &files,
@@ -257,6 +258,12 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
     );
     write_failed |= out.flush().is_err();
     eprint!("{}", summary.render());
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "elapsed: {secs:.2} s, {:.0} events/s, {threads} thread{}",
+        summary.events as f64 / secs.max(1e-9),
+        if threads == 1 { "" } else { "s" }
+    );
     if write_failed {
         eprintln!("credwatch: could not write findings to stdout");
         return EXIT_ERROR;

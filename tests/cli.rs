@@ -58,6 +58,11 @@ fn hunt_prints_one_json_finding_per_line_with_the_required_fields() {
     let err = stderr(&o);
     assert!(err.contains("events read: 45"), "{err}");
     assert!(
+        err.lines()
+            .any(|l| l.starts_with("elapsed: ") && l.contains(" events/s, ")),
+        "the summary gives events/s: {err}"
+    );
+    assert!(
         err.contains("findings: 1 (workload_get_caller_identity=1)"),
         "{err}"
     );
