@@ -18,7 +18,7 @@ for line in open(results):
     t["corpus"] = r["corpus"]
     t["crashes"] += r["new_crashes"]
     t["last"] = r["date"]
-lines = ["| target | executions | CPU-seconds | coverage (edges) | features | corpus | crashes | last run |",
+lines = ["| target | executions | seconds (one process) | coverage (edges) | features | corpus | crashes | last run |",
          "|---|---|---|---|---|---|---|---|"]
 total = 0
 for name, t in rows.items():
