@@ -338,6 +338,16 @@ impl MotoServer {
                     .expect("partition key and data are set")
             })
             .collect();
+        self.send_records(stream, entries).await
+    }
+
+    /// One PutRecords call; every record must be taken. Returns (shard id, sequence number) of
+    /// each, in order.
+    async fn send_records(
+        &self,
+        stream: &str,
+        entries: Vec<PutRecordsRequestEntry>,
+    ) -> Vec<(String, String)> {
         let out = self
             .kinesis()
             .await
@@ -406,22 +416,9 @@ impl MotoServer {
                     .expect("partition key and data are set")
             })
             .collect();
-        let out = self
-            .kinesis()
-            .await
-            .put_records()
-            .stream_name(stream)
-            .set_records(Some(entries))
-            .send()
-            .await
-            .expect("PutRecords");
-        assert_eq!(out.failed_record_count().unwrap_or(0), 0, "{out:?}");
-        for (r, (shard, _)) in out.records().iter().zip(records) {
-            assert_eq!(
-                r.shard_id(),
-                Some(shard.as_str()),
-                "ExplicitHashKey honoured"
-            );
+        let put = self.send_records(stream, entries).await;
+        for ((shard, _), (want, _)) in put.iter().zip(records) {
+            assert_eq!(shard, want, "ExplicitHashKey honoured");
         }
     }
 
