@@ -144,10 +144,46 @@ pub struct HuntArgs {
     /// number gives the same findings.
     #[arg(long, env = "CREDWATCH_HUNT_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
-    /// Files or folders: CloudTrail S3 objects (.json/.json.gz), JSON arrays, EventBridge events,
-    /// JSON lines, CloudWatch Logs subscription envelopes.
+    /// Judge only events at or after this time (RFC 3339, `2024-08-01T12:00` UTC, or a date);
+    /// on S3, only the day folders and files whose names can hold such events are read.
+    #[arg(long, env = "CREDWATCH_HUNT_SINCE")]
+    pub since: Option<String>,
+    /// Judge only events at or before this time (a date means the end of that day).
+    #[arg(long, env = "CREDWATCH_HUNT_UNTIL")]
+    pub until: Option<String>,
+    /// Judge only events of these accounts (`recipientAccountId`); on S3, only their folders.
+    #[arg(long, env = "CREDWATCH_HUNT_ACCOUNTS", value_delimiter = ',')]
+    pub accounts: Vec<String>,
+    /// Judge only events of these regions (`awsRegion`); on S3, only their folders.
+    #[arg(long, env = "CREDWATCH_HUNT_REGIONS", value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// Region of the S3 bucket(s) (default: the AWS default chain's, else us-east-1).
+    #[arg(long, env = "CREDWATCH_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// An S3-compatible endpoint instead of AWS's (an emulator); path-style addressing.
+    #[arg(long, env = "CREDWATCH_S3_ENDPOINT_URL")]
+    pub s3_endpoint_url: Option<String>,
+    /// S3 requests in flight (LIST while listing, GET while hunting); also how many objects are
+    /// fetched ahead of the decode threads.
+    #[arg(long, env = "CREDWATCH_S3_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub s3_concurrency: u64,
+    /// Attempts per S3 request, the first included (throttling such as 503 SlowDown and
+    /// transient errors are retried with exponential backoff).
+    #[arg(long, env = "CREDWATCH_S3_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub s3_max_attempts: u32,
+    /// Progress on stderr: a bar on a terminal, plain lines otherwise (`auto`), or as asked.
+    #[arg(long, env = "CREDWATCH_PROGRESS", value_enum, default_value = "auto")]
+    pub progress: hunt::ProgressMode,
+    /// Seconds between progress lines (when not a bar).
+    #[arg(long, env = "CREDWATCH_PROGRESS_EVERY", default_value_t = 10.0)]
+    pub progress_every: f64,
+    /// Files, folders and `s3://bucket/prefix` URLs, mixed as you like: CloudTrail S3 objects
+    /// (.json/.json.gz), JSON arrays, EventBridge events, JSON lines, CloudWatch Logs
+    /// subscription envelopes.
     #[arg(required = true, env = "CREDWATCH_PATHS", value_delimiter = ',')]
-    pub paths: Vec<PathBuf>,
+    pub paths: Vec<String>,
 }
 
 /// Runs the parsed command; returns the process exit status.
@@ -205,8 +241,15 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         );
         return EXIT_ERROR;
     }
-    let files = match hunt::collect_files(&args.paths) {
-        Ok(f) => f,
+    let selection = match hunt_selection(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("credwatch: hunt: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    let (objects, fetcher) = match hunt_sources(&args, &selection) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("credwatch: {e}");
             return EXIT_ERROR;
@@ -237,11 +280,25 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         .threads
         .map_or_else(hunt::default_threads, |n| n as usize);
     let started = std::time::Instant::now();
-    let summary = hunt::hunt_files(
-        &engine,
-        &files,
-        &limits,
+    let progress = hunt::Progress::new(
+        objects.len() as u64,
+        objects.iter().map(hunt::Object::size).sum(),
+    );
+    let opts = hunt::HuntOptions {
+        limits,
         threads,
+        selection: &selection,
+        progress: Some(&progress),
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let every = std::time::Duration::from_secs_f64(args.progress_every.clamp(0.05, 86_400.0));
+    let summary = std::thread::scope(|scope| {
+        scope.spawn(|| hunt::progress::report(&progress, args.progress, every, &done));
+        let summary = hunt::hunt_objects(
+        &engine,
+        &objects,
+        &fetcher,
+        &opts,
         |f| {
             let res = match args.output {
                 OutputFormat::Json => serde_json::to_string(f)
@@ -256,6 +313,9 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         },
         |b| tracing::warn!(kind = b.kind.as_str(), position = %b.position, detail = %b.detail, "bad record set aside"),
     );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        summary
+    });
     write_failed |= out.flush().is_err();
     eprint!("{}", summary.render());
     let secs = started.elapsed().as_secs_f64();
@@ -278,6 +338,78 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         return EXIT_FINDINGS;
     }
     EXIT_OK
+}
+
+/// `--since`, `--until`, `--accounts`, `--regions`, checked.
+fn hunt_selection(args: &HuntArgs) -> Result<hunt::Selection, String> {
+    let time = |opt: &str, v: &Option<String>, end: bool| {
+        v.as_deref()
+            .map(|t| hunt::select::parse_time_arg(t, end).map_err(|e| format!("{opt}: {e}")))
+            .transpose()
+    };
+    let sel = hunt::Selection {
+        since: time("--since", &args.since, false)?,
+        until: time("--until", &args.until, true)?,
+        accounts: args.accounts.clone(),
+        regions: args.regions.clone(),
+    };
+    sel.check()?;
+    Ok(sel)
+}
+
+/// The objects of a hunt, in the order given (each folder in path order, each S3 URL in key
+/// order), and the fetcher for them. S3 URLs are listed here: an error names the bucket.
+fn hunt_sources(
+    args: &HuntArgs,
+    selection: &hunt::Selection,
+) -> Result<(Vec<hunt::Object>, hunt::Fetcher), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let concurrency = args.s3_concurrency as usize;
+    let mut client = None;
+    let mut objects = Vec::new();
+    for input in &args.paths {
+        match hunt::s3::S3Url::parse(input) {
+            Some(url) => {
+                let url = url?;
+                let c = client.get_or_insert_with(|| {
+                    runtime.block_on(hunt::s3::client(&hunt::s3::S3Options {
+                        region: args.s3_region.clone(),
+                        endpoint_url: args.s3_endpoint_url.clone(),
+                        max_attempts: args.s3_max_attempts,
+                        concurrency,
+                    }))
+                });
+                let started = std::time::Instant::now();
+                let (found, lists) =
+                    runtime.block_on(hunt::s3::list(c, &url, selection, concurrency))?;
+                tracing::info!(
+                    url = %input,
+                    objects = found.len(),
+                    lists,
+                    secs = started.elapsed().as_secs_f64(),
+                    "listed"
+                );
+                eprintln!(
+                    "{input}: {} objects to read ({} LIST calls)",
+                    found.len(),
+                    lists
+                );
+                objects.extend(found.into_iter().map(hunt::Object::S3));
+            }
+            None => {
+                let files = hunt::collect_files(&[PathBuf::from(input)])?;
+                objects.extend(files.into_iter().map(hunt::Object::local));
+            }
+        }
+    }
+    Ok((
+        objects,
+        hunt::Fetcher::with_runtime(runtime, client, concurrency, args.s3_max_attempts),
+    ))
 }
 
 /// `hunt --escalate` (and `--dry-run`) once the hunt is over: the plan, or the deliveries and

@@ -3,7 +3,8 @@
 //!
 //! The AWS SDK sends HTTP/1.1 requests with `Content-Length` bodies to an `http://` endpoint
 //! and keeps connections alive; the proxy reads each request of a connection in turn, decides
-//! by its `X-Amz-Target` header (`Kinesis_20131202.GetRecords`, `DynamoDB_20120810.PutItem`, ...)
+//! by its `X-Amz-Target` header (`Kinesis_20131202.GetRecords`, `DynamoDB_20120810.PutItem`, ...,
+//! or `S3.GetObject`, `S3.ListObjectsV2` for S3's REST calls)
 //! what to do with it ([`Plan`]), and either forwards it to the emulator (a fresh upstream
 //! connection per request, `Connection: close`, the whole answer relayed with a
 //! `Content-Length`) or injects a fault:
@@ -476,10 +477,12 @@ async fn serve(shared: &Shared, conn: &mut TcpStream) -> End {
         let close = req
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let target = req.header("x-amz-target").unwrap_or("").to_string();
+        let target = target_of(&req);
         let (fault, stall_for) = shared.lock().decide(&target);
         let response = match fault {
             None => forward(shared.upstream, &req).await,
+            Some(Fault::Throttle) if is_s3(&target) => s3_error(503, "SlowDown"),
+            Some(Fault::ServerError) if is_s3(&target) => s3_error(500, "InternalError"),
             Some(Fault::Throttle) => error_response(&target, 400, throttle_type(&target)),
             Some(Fault::ServerError) => error_response(&target, 500, server_error_type(&target)),
             Some(Fault::Reset) => return End::Reset,
@@ -788,6 +791,57 @@ fn server_error_type(target: &str) -> &'static str {
         "com.amazonaws.dynamodb.v20120810#InternalServerError"
     } else {
         "InternalFailure"
+    }
+}
+
+/// What a request calls: its `X-Amz-Target` (the JSON protocols) or, for S3's REST protocol,
+/// `S3.<operation>` from the SDK's `x-id` query parameter (`S3.GetObject`), `S3.ListObjectsV2`
+/// for a `list-type=2` listing, else `S3.<method>`.
+fn target_of(req: &Message) -> String {
+    if let Some(t) = req.header("x-amz-target") {
+        return t.to_string();
+    }
+    let mut parts = req.start.split(' ');
+    let method = parts.next().unwrap_or("");
+    let uri = parts.next().unwrap_or("");
+    let query = uri.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    if let Some(op) = param("x-id") {
+        format!("S3.{op}")
+    } else if param("list-type") == Some("2") {
+        "S3.ListObjectsV2".to_string()
+    } else {
+        format!("S3.{method}")
+    }
+}
+
+fn is_s3(target: &str) -> bool {
+    target.starts_with("S3.")
+}
+
+/// An S3 REST error answer (XML), as S3 sends it: `SlowDown` with 503, `InternalError` with 500.
+fn s3_error(status: u16, code: &str) -> Message {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>injected by the fault proxy</Message><RequestId>FAULTPROXY</RequestId></Error>"
+    )
+    .into_bytes();
+    let reason = if status == 503 {
+        "Slow Down"
+    } else {
+        "Internal Server Error"
+    };
+    Message {
+        start: format!("HTTP/1.1 {status} {reason}"),
+        headers: vec![
+            ("Content-Type".into(), "application/xml".into()),
+            ("Content-Length".into(), body.len().to_string()),
+        ],
+        body,
     }
 }
 
