@@ -295,24 +295,24 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
     let summary = std::thread::scope(|scope| {
         scope.spawn(|| hunt::progress::report(&progress, args.progress, every, &done));
         let summary = hunt::hunt_objects(
-        &engine,
-        &objects,
-        &fetcher,
-        &opts,
-        |f| {
-            let res = match args.output {
-                OutputFormat::Json => serde_json::to_string(f)
-                    .map_err(std::io::Error::other)
-                    .and_then(|line| writeln!(out, "{line}")),
-                OutputFormat::Table => writeln!(out, "{}", f.summary_line()),
-            };
-            write_failed |= res.is_err();
-            if args.escalate {
-                found.push(f.clone());
-            }
-        },
-        |b| tracing::warn!(kind = b.kind.as_str(), position = %b.position, detail = %b.detail, "bad record set aside"),
-    );
+            &engine,
+            &objects,
+            &fetcher,
+            &opts,
+            |f| {
+                let res = match args.output {
+                    OutputFormat::Json => serde_json::to_string(f)
+                        .map_err(std::io::Error::other)
+                        .and_then(|line| writeln!(out, "{line}")),
+                    OutputFormat::Table => writeln!(out, "{}", f.summary_line()),
+                };
+                write_failed |= res.is_err();
+                if args.escalate {
+                    found.push(f.clone());
+                }
+            },
+            |b| tracing::warn!(kind = b.kind.as_str(), position = %b.position, detail = %b.detail, "bad record set aside"),
+        );
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         summary
     });

@@ -156,7 +156,12 @@ fn trail() -> Trail {
     }
     let keys = files_under(&root)
         .iter()
-        .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+        .map(|p| {
+            p.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     Trail {
         _dir: dir,
@@ -178,7 +183,11 @@ fn upload(moto: &MotoServer, trail: &Trail) -> Vec<String> {
             .force_path_style(true)
             .build();
         let s3 = aws_sdk_s3::Client::from_conf(conf);
-        s3.create_bucket().bucket(BUCKET).send().await.expect("create bucket");
+        s3.create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("create bucket");
         let mut puts = Vec::new();
         for key in &trail.keys {
             puts.push((key.clone(), std::fs::read(trail.root.join(key)).unwrap()));
@@ -225,7 +234,13 @@ fn hunt(inputs: &[&str], extra: &[&str]) -> Output {
 /// The keys a window of `since`..`until` (the file stamps within 5 minutes before and an hour
 /// after), in `region` and `account`, must read: worked out from the names here, apart from the
 /// code under test.
-fn expected_keys(trail: &Trail, region: &str, account: &str, since: &str, until: &str) -> Vec<String> {
+fn expected_keys(
+    trail: &Trail,
+    region: &str,
+    account: &str,
+    since: &str,
+    until: &str,
+) -> Vec<String> {
     let parse = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M").unwrap();
     let (lo, hi) = (
         parse(since) - chrono::Duration::minutes(5),
@@ -269,8 +284,17 @@ fn hunting_the_bucket_reads_only_what_the_window_needs_and_finds_what_the_files_
         summary_line(&from_s3, "events read"),
         summary_line(&from_disk, "events read")
     );
-    assert!(summary_line(&from_s3, "bad records").starts_with("bad records: 0"), "{}", text(&from_s3));
-    assert_eq!(proxy.passed("S3.GetObject"), trail.keys.len() as u64, "{}", proxy.summary());
+    assert!(
+        summary_line(&from_s3, "bad records").starts_with("bad records: 0"),
+        "{}",
+        text(&from_s3)
+    );
+    assert_eq!(
+        proxy.passed("S3.GetObject"),
+        trail.keys.len() as u64,
+        "{}",
+        proxy.summary()
+    );
     for d in &distractors {
         assert!(!String::from_utf8_lossy(&from_s3.stderr).contains(d.as_str()));
     }
@@ -288,8 +312,18 @@ fn hunting_the_bucket_reads_only_what_the_window_needs_and_finds_what_the_files_
         "--accounts",
         ACCOUNT_A,
     ];
-    let want = expected_keys(&trail, "us-east-1", ACCOUNT_A, "20240802T0600", "20240802T1759");
-    assert!(want.len() > 50 && want.len() < trail.keys.len() / 8, "{} keys", want.len());
+    let want = expected_keys(
+        &trail,
+        "us-east-1",
+        ACCOUNT_A,
+        "20240802T0600",
+        "20240802T1759",
+    );
+    assert!(
+        want.len() > 50 && want.len() < trail.keys.len() / 8,
+        "{} keys",
+        want.len()
+    );
     let mut args: Vec<&str> = window.to_vec();
     args.extend_from_slice(&s3);
     let windowed = hunt(&[&format!("s3://{BUCKET}/AWSLogs/")], &args);
@@ -302,7 +336,8 @@ fn hunting_the_bucket_reads_only_what_the_window_needs_and_finds_what_the_files_
         text(&windowed)
     );
     assert!(
-        String::from_utf8_lossy(&windowed.stderr).contains(&format!("{} objects to read", want.len())),
+        String::from_utf8_lossy(&windowed.stderr)
+            .contains(&format!("{} objects to read", want.len())),
         "{}",
         text(&windowed)
     );
@@ -327,7 +362,9 @@ fn hunting_the_bucket_reads_only_what_the_window_needs_and_finds_what_the_files_
     let mut mixed_inputs: Vec<String> = Vec::new();
     for account in std::fs::read_dir(&eu_disk).unwrap() {
         let account = account.unwrap().file_name().to_string_lossy().into_owned();
-        mixed_inputs.push(format!("s3://{BUCKET}/AWSLogs/{ORG}/{account}/CloudTrail/us-east-1/"));
+        mixed_inputs.push(format!(
+            "s3://{BUCKET}/AWSLogs/{ORG}/{account}/CloudTrail/us-east-1/"
+        ));
         let eu = eu_disk.join(&account).join("CloudTrail/eu-west-1");
         if eu.exists() {
             mixed_inputs.push(eu.to_string_lossy().into_owned());
@@ -376,7 +413,11 @@ fn a_throttled_get_is_retried_and_progress_lines_are_printed() {
     assert!(throttled > 10, "{}\n{}", proxy.summary(), text(&o));
     // Every object was read in the end, none set aside.
     assert_eq!(proxy.passed("S3.GetObject"), objects, "{}", proxy.summary());
-    assert!(summary_line(&o, "bad records").starts_with("bad records: 0"), "{}", text(&o));
+    assert!(
+        summary_line(&o, "bad records").starts_with("bad records: 0"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(
         summary_line(&o, "files read"),
         format!("files read: {objects}")
@@ -384,7 +425,11 @@ fn a_throttled_get_is_retried_and_progress_lines_are_printed() {
     let got = findings(&o);
     proxy.clear();
     let local = trail.root.join("AWSLogs").join(ORG).join(ACCOUNT_A);
-    same(&got, &findings(&hunt(&[local.to_str().unwrap()], &[])), "throttled S3 vs disk");
+    same(
+        &got,
+        &findings(&hunt(&[local.to_str().unwrap()], &[])),
+        "throttled S3 vs disk",
+    );
     // Progress lines while the backoff held the hunt up.
     let stderr = String::from_utf8_lossy(&o.stderr);
     let line = stderr
@@ -392,7 +437,9 @@ fn a_throttled_get_is_retried_and_progress_lines_are_printed() {
         .find(|l| l.starts_with("progress: "))
         .unwrap_or_else(|| panic!("no progress line: {}", text(&o)));
     assert!(
-        line.contains(&format!("/{objects} objects")) && line.contains(" events/s, ") && line.contains(" findings, ETA "),
+        line.contains(&format!("/{objects} objects"))
+            && line.contains(" events/s, ")
+            && line.contains(" findings, ETA "),
         "{line}"
     );
 }
@@ -414,8 +461,16 @@ fn a_missing_bucket_stops_the_hunt_naming_the_bucket_and_bad_options_name_the_op
     // Bad options name the option.
     let o = hunt(&["s3://b/"], &["--since", "tomorrow"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--since: \"tomorrow\""), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--since: \"tomorrow\""),
+        "{}",
+        text(&o)
+    );
     let o = hunt(&["s3://b/"], &["--accounts", "1234"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--accounts"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--accounts"),
+        "{}",
+        text(&o)
+    );
 }

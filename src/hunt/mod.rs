@@ -190,7 +190,7 @@ impl Fetcher {
                 tokio::task::spawn_blocking(move || read_capped(&path, &limits))
                     .await
                     .unwrap_or_else(|e| {
-                        Err(BadRecord::new(BadKind::Io, &object.name(), e.to_string()))
+                        Err(BadRecord::new(BadKind::Io, object.name(), e.to_string()))
                     })
             }
             Object::S3(o) => match &self.s3 {
@@ -199,7 +199,7 @@ impl Fetcher {
                 }
                 None => Err(BadRecord::new(
                     BadKind::Io,
-                    &object.name(),
+                    object.name(),
                     "no S3 client configured",
                 )),
             },

@@ -130,7 +130,10 @@ mod tests {
         p.object_done(1_000_000, 500);
         p.findings.fetch_add(2, Relaxed);
         let line = p.line();
-        assert!(line.starts_with("progress: 1/4 objects, 1.0/4.0 MB, 500 events, "), "{line}");
+        assert!(
+            line.starts_with("progress: 1/4 objects, 1.0/4.0 MB, 500 events, "),
+            "{line}"
+        );
         assert!(line.contains(" 2 findings, ETA "), "{line}");
         assert!(!line.ends_with("unknown"), "{line}");
         assert!(Progress::new(1, 0).line().ends_with("ETA unknown"));

@@ -116,7 +116,11 @@ where
 type Level = (Vec<String>, Vec<S3Object>);
 
 /// Lists one folder (all pages).
-async fn list_level(client: &aws_sdk_s3::Client, bucket: &str, prefix: String) -> Result<Level, String> {
+async fn list_level(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: String,
+) -> Result<Level, String> {
     let mut dirs = Vec::new();
     let mut objects = Vec::new();
     let mut pages = client
@@ -136,7 +140,11 @@ async fn list_level(client: &aws_sdk_s3::Client, bucket: &str, prefix: String) -
             };
             format!("s3://{bucket}/{prefix}: cannot list: {text}{hint}")
         })?;
-        dirs.extend(page.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)));
+        dirs.extend(
+            page.common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_string)),
+        );
         objects.extend(page.contents().iter().filter_map(|o| {
             Some(S3Object {
                 bucket: bucket.to_string(),
@@ -209,7 +217,13 @@ pub async fn get(
             .key(&object.key)
             .send()
             .await
-            .map_err(|e| BadRecord::new(BadKind::Io, &position, format!("GetObject: {}", describe(&e))))?;
+            .map_err(|e| {
+                BadRecord::new(
+                    BadKind::Io,
+                    &position,
+                    format!("GetObject: {}", describe(&e)),
+                )
+            })?;
         match resp.body.collect().await {
             Ok(body) => {
                 let bytes = body.into_bytes();
@@ -247,7 +261,9 @@ mod tests {
     fn urls_give_bucket_and_prefix() {
         assert_eq!(S3Url::parse("/data/x.json"), None);
         assert_eq!(
-            S3Url::parse("s3://trail-bucket/AWSLogs/o-abc/").unwrap().unwrap(),
+            S3Url::parse("s3://trail-bucket/AWSLogs/o-abc/")
+                .unwrap()
+                .unwrap(),
             S3Url {
                 bucket: "trail-bucket".into(),
                 prefix: "AWSLogs/o-abc/".into()
@@ -257,6 +273,9 @@ mod tests {
             S3Url::parse("s3://trail-bucket").unwrap().unwrap().prefix,
             ""
         );
-        assert!(S3Url::parse("s3:///x").unwrap().unwrap_err().contains("no bucket"));
+        assert!(S3Url::parse("s3:///x")
+            .unwrap()
+            .unwrap_err()
+            .contains("no bucket"));
     }
 }

@@ -55,7 +55,11 @@ pub fn parse_time_arg(raw: &str, end_of_day: bool) -> Result<i64, String> {
         }
     }
     if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-        let start = d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();
+        let start = d
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp();
         return Ok(if end_of_day { start + 86_399 } else { start });
     }
     Err(format!(
@@ -99,7 +103,9 @@ impl Selection {
             .iter()
             .find(|a| a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
         {
-            return Err(format!("--accounts: {a:?} is not a 12-digit AWS account id"));
+            return Err(format!(
+                "--accounts: {a:?} is not a 12-digit AWS account id"
+            ));
         }
         Ok(())
     }
@@ -115,11 +121,7 @@ impl Selection {
             return true;
         };
         if self.since.is_some() || self.until.is_some() {
-            let Some(t) = w
-                .event_time
-                .as_deref()
-                .and_then(crate::event::parse_time)
-            else {
+            let Some(t) = w.event_time.as_deref().and_then(crate::event::parse_time) else {
                 return true;
             };
             if self.since.is_some_and(|s| t < s) || self.until.is_some_and(|u| t > u) {
@@ -324,7 +326,10 @@ mod tests {
         assert_eq!(t("2024-08-01T02:00:00+02:00"), 1_722_470_400);
         assert_eq!(t("2024-08-01T00:05"), 1_722_470_700);
         assert_eq!(t("2024-08-01"), 1_722_470_400);
-        assert_eq!(parse_time_arg("2024-08-01", true).unwrap(), 1_722_470_400 + 86_399);
+        assert_eq!(
+            parse_time_arg("2024-08-01", true).unwrap(),
+            1_722_470_400 + 86_399
+        );
         let e = parse_time_arg("yesterday", false).unwrap_err();
         assert!(e.contains("\"yesterday\"") && e.contains("RFC 3339"), "{e}");
     }
@@ -352,11 +357,19 @@ mod tests {
         assert!(keep("logs/AWSLogs/o-abc123def4/"));
         assert!(keep("AWSLogs/o-abc123def4/111122223333/"));
         assert!(!keep("AWSLogs/o-abc123def4/444455556666/"));
-        assert!(!keep("AWSLogs/o-abc123def4/111122223333/CloudTrail-Digest/"));
-        assert!(!keep("AWSLogs/o-abc123def4/111122223333/CloudTrail-Insight/"));
+        assert!(!keep(
+            "AWSLogs/o-abc123def4/111122223333/CloudTrail-Digest/"
+        ));
+        assert!(!keep(
+            "AWSLogs/o-abc123def4/111122223333/CloudTrail-Insight/"
+        ));
         assert!(keep("AWSLogs/o-abc123def4/111122223333/CloudTrail/"));
-        assert!(keep("AWSLogs/o-abc123def4/111122223333/CloudTrail/eu-west-1/"));
-        assert!(!keep("AWSLogs/o-abc123def4/111122223333/CloudTrail/us-east-1/"));
+        assert!(keep(
+            "AWSLogs/o-abc123def4/111122223333/CloudTrail/eu-west-1/"
+        ));
+        assert!(!keep(
+            "AWSLogs/o-abc123def4/111122223333/CloudTrail/us-east-1/"
+        ));
         // Account trail.
         assert!(!keep("AWSLogs/444455556666/"));
         assert!(!keep("AWSLogs/not-an-account/"));
@@ -365,8 +378,10 @@ mod tests {
         assert!(!keep(&format!("{r}2023/")));
         assert!(keep(&format!("{r}2024/08/")));
         assert!(!keep(&format!("{r}2024/07/")));
-        // The day before holds no file of the window; the day after can (late delivery).
-        assert!(!keep(&format!("{r}2024/08/01/")));
+        // The day before holds files of the window only in its last minutes (the slack before
+        // `since`); the day after can (late delivery); the days beyond cannot.
+        assert!(keep(&format!("{r}2024/08/01/")));
+        assert!(!keep(&format!("{r}2024/07/31/")));
         assert!(keep(&format!("{r}2024/08/02/")));
         assert!(keep(&format!("{r}2024/08/03/")));
         assert!(!keep(&format!("{r}2024/08/04/")));
@@ -384,10 +399,7 @@ mod tests {
         let r = "AWSLogs/o-abc123def4/111122223333/CloudTrail/us-east-1/";
         assert_eq!(
             s.expand_dir(r),
-            vec![
-                format!("{r}2024/08/01/"),
-                format!("{r}2024/08/02/"),
-            ]
+            vec![format!("{r}2024/08/01/"), format!("{r}2024/08/02/"),]
         );
         // Not a region folder: listed as it is.
         assert_eq!(s.expand_dir("AWSLogs/"), vec!["AWSLogs/".to_string()]);
@@ -405,7 +417,8 @@ mod tests {
     fn objects_are_kept_by_their_stamp_with_slack_on_both_sides() {
         let s = window("2024-08-02T00:00:00Z", "2024-08-02T12:00:00Z");
         let dir = "AWSLogs/111122223333/CloudTrail/us-east-1/2024/08/02/";
-        let name = |stamp: &str| format!("{dir}111122223333_CloudTrail_us-east-1_{stamp}_abc.json.gz");
+        let name =
+            |stamp: &str| format!("{dir}111122223333_CloudTrail_us-east-1_{stamp}_abc.json.gz");
         assert!(!s.keep_object(&name("20240801T2354Z")));
         assert!(s.keep_object(&name("20240801T2355Z")));
         assert!(s.keep_object(&name("20240802T0600Z")));
@@ -413,7 +426,9 @@ mod tests {
         assert!(!s.keep_object(&name("20240802T1301Z")));
         // Not CloudTrail files of the layout.
         assert!(!s.keep_object(&format!("{dir}notes.txt")));
-        assert!(!s.keep_object("AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/08/02/x.json.gz"));
+        assert!(
+            !s.keep_object("AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/08/02/x.json.gz")
+        );
         // Outside the layout without a stamp: the user named it.
         assert!(s.keep_object("exports/august.json.gz"));
     }
