@@ -241,6 +241,13 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         );
         return EXIT_ERROR;
     }
+    if !(args.progress_every.is_finite() && args.progress_every > 0.0) {
+        eprintln!(
+            "credwatch: hunt: --progress-every must be a positive number of seconds, not {}",
+            args.progress_every
+        );
+        return EXIT_ERROR;
+    }
     let selection = match hunt_selection(&args) {
         Ok(s) => s,
         Err(e) => {

@@ -466,6 +466,13 @@ fn a_missing_bucket_stops_the_hunt_naming_the_bucket_and_bad_options_name_the_op
         "{}",
         text(&o)
     );
+    let o = hunt(&["s3://b/"], &["--progress-every", "NaN"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--progress-every"),
+        "{}",
+        text(&o)
+    );
     let o = hunt(&["s3://b/"], &["--accounts", "1234"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
