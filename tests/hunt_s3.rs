@@ -481,3 +481,61 @@ fn a_missing_bucket_stops_the_hunt_naming_the_bucket_and_bad_options_name_the_op
         text(&o)
     );
 }
+
+#[test]
+fn the_shared_recordings_give_the_same_findings_from_a_bucket_as_from_disk() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let dirs = [
+        "maheribra-attack-chain-lab",
+        "panther-aws-cloudtrail-rule-tests",
+        "stratus-detonation-logs",
+    ];
+    let moto = MotoServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut uploaded = 0;
+    rt.block_on(async {
+        let conf = aws_sdk_s3::config::Builder::from(&moto.sdk_config().await)
+            .force_path_style(true)
+            .build();
+        let s3 = aws_sdk_s3::Client::from_conf(conf);
+        s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+        for d in dirs {
+            for f in files_under(&data.join(d)) {
+                let key = format!("recordings/{}", f.strip_prefix(&data).unwrap().display());
+                s3.put_object()
+                    .bucket(BUCKET)
+                    .key(&key)
+                    .body(ByteStream::from(std::fs::read(&f).unwrap()))
+                    .send()
+                    .await
+                    .unwrap();
+                uploaded += 1;
+            }
+        }
+    });
+    let endpoint = moto.endpoint();
+    let from_s3 = hunt(
+        &[&format!("s3://{BUCKET}/recordings/")],
+        &["--s3-endpoint-url", &endpoint],
+    );
+    let local: Vec<String> = dirs
+        .iter()
+        .map(|d| data.join(d).to_string_lossy().into_owned())
+        .collect();
+    let refs: Vec<&str> = local.iter().map(String::as_str).collect();
+    let from_disk = hunt(&refs, &[]);
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let want = sorted(findings(&from_disk));
+    assert!(!want.is_empty(), "the recordings give findings");
+    same(&sorted(findings(&from_s3)), &want, "recordings, S3 vs disk");
+    assert_eq!(
+        summary_line(&from_s3, "files read"),
+        format!("files read: {uploaded}")
+    );
+    for line in ["events read", "formats", "bad records"] {
+        assert_eq!(summary_line(&from_s3, line), summary_line(&from_disk, line));
+    }
+}
