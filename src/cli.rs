@@ -255,7 +255,7 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
             return EXIT_ERROR;
         }
     };
-    let (objects, fetcher) = match hunt_sources(&args, &selection) {
+    let (objects, mut fetcher) = match hunt_sources(&args, &selection) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("credwatch: {e}");
@@ -286,6 +286,11 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
     let threads = args
         .threads
         .map_or_else(hunt::default_threads, |n| n as usize);
+    if !objects.iter().any(|o| matches!(o, hunt::Object::S3(_))) {
+        // Local files only: reading ahead by two per thread keeps the disk busy; more would
+        // only hold memory.
+        fetcher.read_ahead = threads * 2;
+    }
     let started = std::time::Instant::now();
     let progress = hunt::Progress::new(
         objects.len() as u64,
