@@ -77,6 +77,9 @@ pub struct Scratch {
     decompressor: Decompressor,
     gunzipped: Vec<u8>,
     events: EventBuf,
+    /// simd-json's stage buffers (aligned input copy, string buffer, structural indexes), kept
+    /// between records instead of allocated for each.
+    simd: simd_json::Buffers,
 }
 
 impl fmt::Debug for Scratch {
@@ -94,6 +97,8 @@ impl Scratch {
     fn trim(&mut self) {
         if self.gunzipped.capacity() > RETAIN_BYTES {
             self.gunzipped = Vec::new();
+            // simd-json's buffers grew to the same size.
+            self.simd = simd_json::Buffers::default();
         }
         if self.events.text.capacity() > RETAIN_BYTES {
             self.events.text = String::new();
@@ -142,6 +147,7 @@ pub fn decode_record(
     .and_then(|()| {
         decode_envelope_in_place(
             &mut scratch.gunzipped,
+            &mut scratch.simd,
             limits,
             position,
             0,
@@ -271,6 +277,7 @@ fn finish_envelope(
 /// cost, since every CloudTrail event is one escaped JSON string.
 pub(crate) fn decode_envelope_in_place(
     json: &mut [u8],
+    simd: &mut simd_json::Buffers,
     limits: &Limits,
     position: &str,
     base_index: usize,
@@ -281,7 +288,7 @@ pub(crate) fn decode_envelope_in_place(
     buf.clear();
     let fields = {
         // Building the tape validates the whole document: its errors are syntax errors.
-        let mut de = simd_json::Deserializer::from_slice(json)
+        let mut de = simd_json::Deserializer::from_slice_with_buffers(json, simd)
             .map_err(|e| BadRecord::new(BadKind::NotJson, position, e.to_string()))?;
         de.deserialize_map(EnvelopeVisitor {
             buf: &mut *buf,
