@@ -275,6 +275,7 @@ fn finish_envelope(
 /// [`decode_envelope_in`] on a buffer it may change: simd-json unescapes strings in place with
 /// SIMD (chosen at run time, so the binary stays portable), which is most of an envelope's
 /// cost, since every CloudTrail event is one escaped JSON string.
+#[allow(clippy::too_many_arguments)] // the record's buffers, limits, position and callbacks
 pub(crate) fn decode_envelope_in_place(
     json: &mut [u8],
     simd: &mut simd_json::Buffers,
