@@ -24,19 +24,8 @@ const ACCOUNT_A: &str = "314159265358";
 fn credwatch(args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_credwatch"));
     cmd.args(args);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("CREDWATCH_") || k.starts_with("AWS_") {
-            cmd.env_remove(&*k);
-        }
-    }
-    cmd.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .output()
-        .expect("credwatch runs")
+    support::run::test_env(&mut cmd);
+    cmd.stdin(Stdio::null()).output().expect("credwatch runs")
 }
 
 fn text(o: &Output) -> String {
