@@ -392,7 +392,6 @@ fn hunt_sources(
                         region: args.s3_region.clone(),
                         endpoint_url: args.s3_endpoint_url.clone(),
                         max_attempts: args.s3_max_attempts,
-                        concurrency,
                     }))
                 });
                 let started = std::time::Instant::now();

@@ -150,11 +150,6 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher for local files only.
-    pub fn local() -> std::io::Result<Fetcher> {
-        Fetcher::new(None, 0)
-    }
-
     /// `runtime` runs the fetches (and built `s3`, when given).
     pub fn with_runtime(
         runtime: tokio::runtime::Runtime,

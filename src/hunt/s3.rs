@@ -55,8 +55,6 @@ pub struct S3Options {
     pub endpoint_url: Option<String>,
     /// Attempts per request, the first included, for throttling and transient errors.
     pub max_attempts: u32,
-    /// Requests in flight (listing and fetching).
-    pub concurrency: usize,
 }
 
 /// Builds the S3 client: region, endpoint, retries (standard mode: exponential backoff with
