@@ -21,6 +21,20 @@ pub fn process_event(
     prefix: &str,
     limits: &Limits,
 ) -> Result<(Vec<Finding>, i64), BadRecord> {
+    process_event_parsed(engine, raw, None, prefix, limits)
+}
+
+/// [`process_event`] for an event that may come parsed already (`parsed`: what
+/// [`crate::event::CloudTrailEvent::parse`] gives for `raw.json`, as
+/// [`crate::decode::cloudtrail_file::decode_file_parsed`] hands it out): the same outcome,
+/// without a second parse.
+pub fn process_event_parsed(
+    engine: &Engine,
+    raw: &RawEvent<'_>,
+    parsed: Option<&crate::event::CloudTrailEvent<'_>>,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<(Vec<Finding>, i64), BadRecord> {
     let pos = Position {
         prefix,
         index: raw.index,
@@ -36,18 +50,20 @@ pub fn process_event(
             ),
         });
     }
-    engine
-        .process_json_timed(&raw.json, pos)
-        .map_err(|e| BadRecord {
-            kind: match &e {
-                EventError::NotJson(_) => BadKind::NotJson,
-                EventError::MissingField(_) => BadKind::MissingField,
-                EventError::BadField { .. } => BadKind::BadField,
-                EventError::TimeAhead { .. } => BadKind::TimeAhead,
-            },
-            position: pos.to_string(),
-            detail: truncate(&e.to_string(), 200),
-        })
+    match parsed {
+        Some(ev) => engine.process_parsed_timed(ev, &raw.json, pos),
+        None => engine.process_json_timed(&raw.json, pos),
+    }
+    .map_err(|e| BadRecord {
+        kind: match &e {
+            EventError::NotJson(_) => BadKind::NotJson,
+            EventError::MissingField(_) => BadKind::MissingField,
+            EventError::BadField { .. } => BadKind::BadField,
+            EventError::TimeAhead { .. } => BadKind::TimeAhead,
+        },
+        position: pos.to_string(),
+        detail: truncate(&e.to_string(), 200),
+    })
 }
 
 /// Shortens a message for logs and dead-letter lines.

@@ -172,13 +172,20 @@ impl<'a> CloudTrailEvent<'a> {
                 },
                 _ => EventError::NotJson(e),
             })?;
-        if ev.event_time.is_none() {
+        ev.check()?;
+        Ok(ev)
+    }
+
+    /// What [`CloudTrailEvent::parse`] requires of an event besides its JSON: `eventTime` and
+    /// `eventName`. For events deserialized elsewhere (a whole CloudTrail file in one pass).
+    pub fn check(&self) -> Result<(), EventError> {
+        if self.event_time.is_none() {
             return Err(EventError::MissingField("eventTime"));
         }
-        if ev.event_name.is_none() {
+        if self.event_name.is_none() {
             return Err(EventError::MissingField("eventName"));
         }
-        Ok(ev)
+        Ok(())
     }
 
     pub fn event_id(&self) -> &str {

@@ -13,7 +13,12 @@
 //! - CloudWatch Logs subscription envelopes (see [`super::cloudwatch_envelope`]) saved as files.
 //!
 //! Events inside arrays, `Records` and `detail` are borrowed `&RawValue` slices of the decoded
-//! bytes: no re-serialisation, no `serde_json::Value`.
+//! bytes: no re-serialisation, no `serde_json::Value`. A CloudTrail S3 object is read in one
+//! pass instead ([`records_one_pass`]): each element of `Records` goes straight into a
+//! [`CloudTrailEvent`] with its text, and [`decode_file_parsed`] hands both out, so that the
+//! engine does not parse the event a second time. Anything unusual in the file (an element of
+//! another type, a field of the wrong type, bad JSON) falls back to the general path, which
+//! gives the same events and set-aside records as before.
 
 use std::borrow::Cow;
 
@@ -24,6 +29,7 @@ use serde_json::value::RawValue;
 use super::cloudwatch_envelope::{decode_envelope_in, EventBuf};
 use super::{first_non_ws, gzip, json_type_name, looks_like_object};
 use super::{BadKind, BadRecord, Limits, RawEvent};
+use crate::event::CloudTrailEvent;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -82,6 +88,20 @@ pub fn decode_file(
     limits: &Limits,
     position: &str,
     mut on_event: impl FnMut(RawEvent<'_>),
+    on_bad: impl FnMut(BadRecord),
+) -> Result<FileFormat, BadRecord> {
+    decode_file_parsed(bytes, limits, position, |raw, _| on_event(raw), on_bad)
+}
+
+/// [`decode_file`], also handing out the event already parsed where the file was read in one
+/// pass (CloudTrail S3 objects): `Some(event)` is what [`CloudTrailEvent::parse`] gives for
+/// `raw.json`, so the caller need not parse it again. The events, their indices and the
+/// set-aside records are the same as [`decode_file`]'s.
+pub fn decode_file_parsed(
+    bytes: &[u8],
+    limits: &Limits,
+    position: &str,
+    mut on_event: impl FnMut(RawEvent<'_>, Option<CloudTrailEvent<'_>>),
     mut on_bad: impl FnMut(BadRecord),
 ) -> Result<FileFormat, BadRecord> {
     let gunzipped;
@@ -106,6 +126,25 @@ pub fn decode_file(
         next_index: 0,
         envelope: EventBuf::default(),
     };
+    if let Some(records) = records_one_pass(text) {
+        for (i, (json, ev)) in records.into_iter().enumerate() {
+            if json.len() > limits.max_event_bytes {
+                let detail = sink.oversize(json);
+                sink.set_aside(BadKind::Oversize, position, i, detail);
+            } else {
+                let index = sink.next_index;
+                sink.next_index += 1;
+                (sink.on_event)(
+                    RawEvent {
+                        json: Cow::Borrowed(json),
+                        index,
+                    },
+                    Some(ev),
+                );
+            }
+        }
+        return Ok(FileFormat::CloudTrailS3Object);
+    }
     let doc_error = match parse_document(text) {
         Ok(doc) => return sink.emit_document(doc, text, position),
         Err(e) => e,
@@ -271,7 +310,7 @@ struct Sink<'s, E, B> {
     envelope: EventBuf,
 }
 
-impl<E: FnMut(RawEvent<'_>), B: FnMut(BadRecord)> Sink<'_, E, B> {
+impl<E: FnMut(RawEvent<'_>, Option<CloudTrailEvent<'_>>), B: FnMut(BadRecord)> Sink<'_, E, B> {
     /// Emits a parsed document's events; `Err` when the document fails as a whole.
     fn emit_document(
         &mut self,
@@ -325,7 +364,7 @@ impl<E: FnMut(RawEvent<'_>), B: FnMut(BadRecord)> Sink<'_, E, B> {
                     position,
                     self.next_index,
                     &mut self.envelope,
-                    &mut *self.on_event,
+                    &mut |raw| (self.on_event)(raw, None),
                     &mut *self.on_bad,
                 )?;
                 self.next_index += used;
@@ -350,10 +389,13 @@ impl<E: FnMut(RawEvent<'_>), B: FnMut(BadRecord)> Sink<'_, E, B> {
         } else {
             let index = self.next_index;
             self.next_index += 1;
-            (self.on_event)(RawEvent {
-                json: Cow::Borrowed(json),
-                index,
-            });
+            (self.on_event)(
+                RawEvent {
+                    json: Cow::Borrowed(json),
+                    index,
+                },
+                None,
+            );
         }
     }
 
@@ -368,10 +410,13 @@ impl<E: FnMut(RawEvent<'_>), B: FnMut(BadRecord)> Sink<'_, E, B> {
         }
         let index = self.next_index;
         self.next_index += 1;
-        (self.on_event)(RawEvent {
-            json: Cow::Borrowed(json),
-            index,
-        });
+        (self.on_event)(
+            RawEvent {
+                json: Cow::Borrowed(json),
+                index,
+            },
+            None,
+        );
         Ok(())
     }
 
@@ -433,6 +478,48 @@ impl<E: FnMut(RawEvent<'_>), B: FnMut(BadRecord)> Sink<'_, E, B> {
             other => other,
         })
     }
+}
+
+/// A CloudTrail S3 object, `{"Records":[event, ...]}` and nothing else, read in one pass: each
+/// element deserialized into a [`CloudTrailEvent`] (serde_json's stream deserializer gives where
+/// it ends, so its text comes too). `None` when the file is anything else or anything in it is
+/// unusual (not UTF-8, an element that is not an object or has a field of the wrong type, bad
+/// JSON): the general path then reads it and says what is wrong, element by element. Nothing is
+/// handed out before the whole file has been read, so a file that fails as a whole gives no
+/// event on either path.
+fn records_one_pass(text: &[u8]) -> Option<Vec<(&str, CloudTrailEvent<'_>)>> {
+    fn ws(s: &str) -> &str {
+        s.trim_start_matches([' ', '\n', '\r', '\t'])
+    }
+    let text = std::str::from_utf8(text).ok()?;
+    let mut rest = ws(text).strip_prefix('{')?;
+    rest = ws(rest).strip_prefix("\"Records\"")?;
+    rest = ws(rest).strip_prefix(':')?;
+    rest = ws(ws(rest).strip_prefix('[')?);
+    let mut out = Vec::new();
+    if let Some(after) = rest.strip_prefix(']') {
+        rest = after;
+    } else {
+        loop {
+            rest = ws(rest);
+            if !rest.starts_with('{') {
+                return None;
+            }
+            let mut stream =
+                serde_json::Deserializer::from_str(rest).into_iter::<CloudTrailEvent<'_>>();
+            let ev = stream.next()?.ok()?;
+            let (json, after) = rest.split_at(stream.byte_offset());
+            out.push((json, ev));
+            let after = ws(after);
+            if let Some(next) = after.strip_prefix(',') {
+                rest = next;
+            } else {
+                rest = after.strip_prefix(']')?;
+                break;
+            }
+        }
+    }
+    ws(ws(rest).strip_prefix('}')?).is_empty().then_some(out)
 }
 
 /// The `detail` of one element of an EventBridge array.
@@ -546,6 +633,111 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(bytes).unwrap();
         enc.finish().unwrap()
+    }
+
+    /// The one-pass reading of `{"Records":[...]}` hands out what a second parse of each
+    /// event's text gives, on every file of the shared recordings, and the same events as the
+    /// general path; unusual files fall back to it.
+    #[test]
+    fn records_read_in_one_pass_equal_a_parse_of_each_event() {
+        let mut one_pass = 0;
+        for entry in walkdir::WalkDir::new(DATA).sort_by_file_name() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !entry.file_type().is_file() || !(name.ends_with(".json") || name.ends_with(".gz")) {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let mut seen = Vec::new();
+            let mut parsed_here = 0;
+            let _ = decode_file_parsed(
+                &bytes,
+                &Limits::default(),
+                "f",
+                |raw, parsed| {
+                    if let Some(ev) = parsed {
+                        parsed_here += 1;
+                        let again = CloudTrailEvent::parse(&raw.json).expect("it parsed once");
+                        assert_eq!(format!("{ev:?}"), format!("{again:?}"), "{name}");
+                    }
+                    seen.push((raw.index, raw.json.into_owned()));
+                },
+                |_| {},
+            );
+            let text = if gzip::is_gzip(&bytes) {
+                gzip::gunzip_capped(&bytes, 1 << 30).unwrap()
+            } else {
+                bytes.clone()
+            };
+            if let Ok(Doc::Records(elements)) = parse_document(trim(&text)) {
+                let general: Vec<(usize, String)> = elements
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (i, r.get().to_string()))
+                    .collect();
+                assert_eq!(seen, general, "{name}");
+                // CloudTrail's own files are read in one pass, every event.
+                assert_eq!(parsed_here, general.len(), "{name}");
+            }
+            one_pass += parsed_here;
+        }
+        assert!(
+            one_pass >= 690,
+            "only {one_pass} events were read in one pass"
+        );
+    }
+
+    #[test]
+    fn unusual_records_files_fall_back_to_the_general_path() {
+        let ev = |extra: &str| {
+            format!(r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"X"{extra}}}"#)
+        };
+        for (doc, want_one_pass) in [
+            (format!(r#"{{"Records":[{}, {}]}}"#, ev(""), ev("")), true),
+            (format!(r#" {{ "Records" : [ ] }} "#), true),
+            (format!(r#"{{"Records":[{}, []]}}"#, ev("")), false),
+            (
+                format!(r#"{{"Records":[{}]}}"#, ev(r#","userAgent":5"#)),
+                false,
+            ),
+            (format!(r#"{{"Records":[{}], "x":1}}"#, ev("")), false),
+            (format!(r#"{{"Records":[{}] "#, ev("")), false),
+        ] {
+            assert_eq!(
+                records_one_pass(doc.as_bytes()).is_some(),
+                want_one_pass,
+                "{doc}"
+            );
+        }
+        // Through the general path, the element of the wrong type is set aside, the other event
+        // comes out; and the event with a field of the wrong type comes out for the engine to
+        // set aside.
+        let (r, out) = decode(format!(r#"{{"Records":[{}, []]}}"#, ev("")).as_bytes());
+        assert_eq!(r.unwrap(), FileFormat::CloudTrailS3Object);
+        assert_eq!(out.indices(), vec![0]);
+        assert_eq!(out.bad_positions(), vec![(BadKind::BadField, "f.json#1")]);
+        let (_, out) = decode(format!(r#"{{"Records":[{}]}}"#, ev(r#","userAgent":5"#)).as_bytes());
+        assert_eq!(out.events.len(), 1);
+    }
+
+    /// Oversize events in a file read in one pass are set aside at their index, as before.
+    #[test]
+    fn oversize_events_read_in_one_pass_are_set_aside() {
+        let small = r#"{"eventTime":"2024-01-01T00:00:00Z","eventName":"X"}"#;
+        let big = format!(
+            r#"{{"eventTime":"2024-01-01T00:00:00Z","eventName":"{}"}}"#,
+            "y".repeat(500)
+        );
+        let doc = format!(r#"{{"Records":[{small},{big},{small}]}}"#);
+        assert!(records_one_pass(doc.as_bytes()).is_some());
+        let limits = Limits {
+            max_event_bytes: 200,
+            ..Limits::default()
+        };
+        let (r, out) = decode_with(doc.as_bytes(), &limits);
+        assert_eq!(r.unwrap(), FileFormat::CloudTrailS3Object);
+        assert_eq!(out.indices(), vec![0, 2]);
+        assert_eq!(out.bad_positions(), vec![(BadKind::Oversize, "f.json#1")]);
     }
 
     fn eventbridge(detail: &str) -> String {

@@ -300,10 +300,23 @@ impl Engine {
         pos: Position<'_>,
     ) -> Result<(Vec<Finding>, i64), EventError> {
         let ev = CloudTrailEvent::parse(json)?;
-        let (out, t) = self.process_timed(&ev, pos)?;
+        self.process_parsed_timed(&ev, json, pos)
+    }
+
+    /// [`Engine::process_json_timed`] for an event already parsed from `json` (by
+    /// [`CloudTrailEvent::parse`] or in one pass with its file: then [`CloudTrailEvent::check`]
+    /// is applied here).
+    pub fn process_parsed_timed(
+        &self,
+        ev: &CloudTrailEvent<'_>,
+        json: &str,
+        pos: Position<'_>,
+    ) -> Result<(Vec<Finding>, i64), EventError> {
+        ev.check()?;
+        let (out, t) = self.process_timed(ev, pos)?;
         if let Some(a) = &self.authority {
             let shared = instances::is_relevant(ev.event_name())
-                || issuance::is_candidate(&ev)
+                || issuance::is_candidate(ev)
                 || crate::inventory::observe::observes(ev.event_name());
             if shared && ev.succeeded() {
                 if let Err(e) = a.publish_control(json) {

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 pub use progress::{Progress, ProgressMode};
 pub use select::Selection;
 
-use crate::app::process_event;
-use crate::decode::cloudtrail_file::decode_file;
+use crate::app::process_event_parsed;
+use crate::decode::cloudtrail_file::decode_file_parsed;
 use crate::decode::{BadKind, BadRecord, Limits};
 use crate::engine::Engine;
 use crate::finding::Finding;
@@ -243,17 +243,21 @@ fn hunt_bytes(
     };
     r.bytes = bytes.len() as u64;
     let mut event_bad = Vec::new();
-    let result = decode_file(
+    let result = decode_file_parsed(
         &bytes,
         limits,
         name,
-        |raw| {
+        |raw, parsed| {
             r.events += 1;
-            if !selection.admits(&raw.json) {
+            let admitted = match &parsed {
+                Some(ev) => selection.admits_event(ev),
+                None => selection.admits(&raw.json),
+            };
+            if !admitted {
                 r.skipped += 1;
                 return;
             }
-            match process_event(engine, &raw, name, limits) {
+            match process_event_parsed(engine, &raw, parsed.as_ref(), name, limits) {
                 Ok((fs, _)) => r.found.extend(fs),
                 Err(b) => event_bad.push(b),
             }

@@ -120,8 +120,31 @@ impl Selection {
         let Ok(w) = serde_json::from_str::<Where<'_>>(json) else {
             return true;
         };
+        self.admits_fields(
+            w.event_time.as_deref(),
+            w.aws_region.as_deref(),
+            w.recipient_account_id.as_deref(),
+        )
+    }
+
+    /// [`Selection::admits`] for an event already parsed from its text.
+    pub fn admits_event(&self, ev: &crate::event::CloudTrailEvent<'_>) -> bool {
+        self.is_all()
+            || self.admits_fields(
+                ev.event_time.as_deref(),
+                ev.aws_region.as_deref(),
+                ev.recipient_account_id.as_deref(),
+            )
+    }
+
+    fn admits_fields(
+        &self,
+        event_time: Option<&str>,
+        aws_region: Option<&str>,
+        recipient_account_id: Option<&str>,
+    ) -> bool {
         if self.since.is_some() || self.until.is_some() {
-            let Some(t) = w.event_time.as_deref().and_then(crate::event::parse_time) else {
+            let Some(t) = event_time.and_then(crate::event::parse_time) else {
                 return true;
             };
             if self.since.is_some_and(|s| t < s) || self.until.is_some_and(|u| t > u) {
@@ -129,18 +152,12 @@ impl Selection {
             }
         }
         if !self.regions.is_empty()
-            && !w
-                .aws_region
-                .as_deref()
-                .is_some_and(|r| self.regions.iter().any(|x| x == r))
+            && !aws_region.is_some_and(|r| self.regions.iter().any(|x| x == r))
         {
             return false;
         }
         if !self.accounts.is_empty()
-            && !w
-                .recipient_account_id
-                .as_deref()
-                .is_some_and(|a| self.accounts.iter().any(|x| x == a))
+            && !recipient_account_id.is_some_and(|a| self.accounts.iter().any(|x| x == a))
         {
             return false;
         }
