@@ -101,7 +101,7 @@ pub fn decode_file_parsed(
     bytes: &[u8],
     limits: &Limits,
     position: &str,
-    mut on_event: impl FnMut(RawEvent<'_>, Option<CloudTrailEvent<'_>>),
+    mut on_event: impl FnMut(RawEvent<'_>, Option<&CloudTrailEvent<'_>>),
     mut on_bad: impl FnMut(BadRecord),
 ) -> Result<FileFormat, BadRecord> {
     let gunzipped;
@@ -127,7 +127,7 @@ pub fn decode_file_parsed(
         envelope: EventBuf::default(),
     };
     if let Some(records) = records_one_pass(text) {
-        for (i, (json, ev)) in records.into_iter().enumerate() {
+        for (i, (json, ev)) in records.iter().enumerate() {
             if json.len() > limits.max_event_bytes {
                 let detail = sink.oversize(json);
                 sink.set_aside(BadKind::Oversize, position, i, detail);
@@ -310,7 +310,7 @@ struct Sink<'s, E, B> {
     envelope: EventBuf,
 }
 
-impl<E: FnMut(RawEvent<'_>, Option<CloudTrailEvent<'_>>), B: FnMut(BadRecord)> Sink<'_, E, B> {
+impl<E: FnMut(RawEvent<'_>, Option<&CloudTrailEvent<'_>>), B: FnMut(BadRecord)> Sink<'_, E, B> {
     /// Emits a parsed document's events; `Err` when the document fails as a whole.
     fn emit_document(
         &mut self,
@@ -496,7 +496,8 @@ fn records_one_pass(text: &[u8]) -> Option<Vec<(&str, CloudTrailEvent<'_>)>> {
     rest = ws(rest).strip_prefix("\"Records\"")?;
     rest = ws(rest).strip_prefix(':')?;
     rest = ws(ws(rest).strip_prefix('[')?);
-    let mut out = Vec::new();
+    // CloudTrail's events are a kilobyte or more each: room for all of them, moved once.
+    let mut out = Vec::with_capacity(rest.len() / 1024 + 1);
     if let Some(after) = rest.strip_prefix(']') {
         rest = after;
     } else {

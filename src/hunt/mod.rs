@@ -249,7 +249,7 @@ fn hunt_bytes(
         name,
         |raw, parsed| {
             r.events += 1;
-            let admitted = match &parsed {
+            let admitted = match parsed {
                 Some(ev) => selection.admits_event(ev),
                 None => selection.admits(&raw.json),
             };
@@ -257,7 +257,7 @@ fn hunt_bytes(
                 r.skipped += 1;
                 return;
             }
-            match process_event_parsed(engine, &raw, parsed.as_ref(), name, limits) {
+            match process_event_parsed(engine, &raw, parsed, name, limits) {
                 Ok((fs, _)) => r.found.extend(fs),
                 Err(b) => event_bad.push(b),
             }
