@@ -4,28 +4,31 @@
 //! access key), keyed by a 64-bit xxh3 of the session key. What decides a finding stays in
 //! memory; the evidence of the first event goes to a temporary file:
 //!
-//! - **Index**: 64 shards (by the key's top bits), each a mutex over a
+//! - **Index**: 256 shards (by the key's top byte), each a mutex over a
 //!   `hashbrown::HashTable<u32>` whose buckets hold only a slot number (4 bytes and a control
 //!   byte). The table's `eq` compares the key stored in the slot's entry. It is not a
 //!   `DashMap<Key, u32>`: that stores the 8-byte key in every bucket as well, 12 bytes a bucket,
 //!   and with hashbrown's power-of-two sizing (at 10M sessions the load is 0.596) that alone
-//!   was ~21.8 bytes per session, two thirds of the 32-byte budget.
-//! - **Slab** (per shard): chunks of 4096 packed 21-byte entries: key 8, home 4 (IPv4 bits or
-//!   an interner id), first-event time 4, expiry 4, and a flags byte (home tag, seen again,
-//!   credential class). Freed slots are reused.
-//! - **Spill** (per shard): the first event's id (a UUID, or an interner id), its interned
-//!   profile (user agent, event source and name, error code) and its packed access key, a
-//!   40-byte record at `slot * 40` in an anonymous temporary file (no name, nothing left
-//!   behind; in `TMPDIR`). New records wait in a write-behind buffer of 256 per shard and are
-//!   written a run of contiguous slots at a time, so the hot path makes no system call per
-//!   event. They are read back (`pread`) only for findings, same-second tie-breaks, checkpoints,
-//!   and when a session is replaced or removed (to release its interned strings). A read or
-//!   write error is logged and the evidence comes back marked [`EVIDENCE_UNAVAILABLE`]: the
-//!   in-memory entry alone decides whether there is a finding, so no detection is lost.
+//!   was ~21.8 bytes per session, two thirds of the 32-byte budget. Here the index is ~8.4.
+//! - **Slab** (per shard): chunks of 512 packed 20-byte entries: the key less its top byte
+//!   (the shard's number) 7, home 4 (IPv4 bits or an interner id), first-event time 4, expiry
+//!   4, and a flags byte (home tag, seen again, credential class). Freed slots are reused.
+//! - **Spill**: the first event's id (a UUID, or an interner id), its interned profile (user
+//!   agent, event source and name, error code) and its packed access key: a 40-byte record per
+//!   slot in one anonymous temporary file (no name, nothing left behind; in `TMPDIR`), each
+//!   shard's chunk of slots an extent of it. New records wait in a write-behind buffer of 64 per
+//!   shard and are written a run of contiguous records at a time, so the hot path makes no
+//!   system call per event (one write per 64 new sessions of a shard). They are read back
+//!   (`pread`) only for findings, same-second tie-breaks, checkpoints, and when a session is
+//!   replaced or removed (to release its interned strings; a sweep reads them a chunk at a
+//!   time). A read or write error is logged and the evidence comes back marked
+//!   [`EVIDENCE_UNAVAILABLE`]: the in-memory entry alone decides whether there is a finding,
+//!   so no detection is lost.
 //!
 //! Sessions that only ever had explained origins and the per-finding dedup marks live in small
-//! side tables (DashMaps). At 10M sessions the store holds ~30 heap bytes per session
-//! (`bench/store_memory.rs`); the spill file's pages are page cache, not heap.
+//! side tables (DashMaps). At 10M sessions the store holds ~29 heap bytes per session
+//! (`bench/store_memory.rs`, which counts the whole engine); the spill file's pages are page
+//! cache, not heap: on a `TMPDIR` in tmpfs they are memory all the same.
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr};
@@ -187,13 +190,14 @@ fn unpack_key(flags: u8, key: [u8; 12]) -> Option<String> {
     Some(out)
 }
 
-/// One tracked session in the slab: 21 bytes, packed. The key is here (not in the index) so
+/// One tracked session in the slab: 20 bytes, packed. The key is here (not in the index) so
 /// that the index bucket is a bare slot number; the evidence of the first event is in the
 /// spill file, at the same slot.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, packed)]
 struct Entry {
-    key: Key,
+    /// The session key less its top byte (the shard's number).
+    key: [u8; 7],
     /// IPv4 address bits, or an interner id (see [`HomeTag::interned`]).
     home: u32,
     first_time: u32,
@@ -225,7 +229,7 @@ const RECORD: usize = 40;
 
 type Record = [u8; RECORD];
 
-fn check_of(key: &Key) -> u32 {
+fn check_of(key: &[u8]) -> u32 {
     u32::from_le_bytes([key[0], key[1], key[2], key[3]])
 }
 
@@ -424,18 +428,17 @@ pub struct Extras {
 /// The most explained origins remembered per session.
 pub const MAX_EXPLAINED: usize = 16;
 
-/// Index shards (a power of two), chosen by the top bits of the key.
-const SHARD_BITS: u32 = 6;
+/// Index shards, chosen by the key's top byte: a shard's entries keep the other seven bytes.
+const SHARD_BITS: u32 = 8;
 const SHARDS: usize = 1 << SHARD_BITS;
+const _: () = assert!(SHARD_BITS == 8, "entries keep the key less its top byte");
 
-/// Entries per slab chunk: growth wastes at most one chunk (86 KiB) per shard.
-const CHUNK: usize = 4096;
+/// Entries per slab chunk: growth wastes at most one chunk (10 KiB) per shard. A chunk's
+/// evidence records are one extent of the spill file.
+const CHUNK: usize = 512;
 
-/// Evidence records a shard buffers before writing them to its spill file.
-const PENDING_MAX: usize = 256;
-
-/// Slots read back in one `read_at` at most when reading many records (sweep, snapshot).
-const READ_SPAN: u32 = 1024;
+/// Evidence records a shard buffers before writing them to the spill file.
+const PENDING_MAX: usize = 64;
 
 /// Which shard a key is in, and its hash in that shard's table. hashbrown takes the top 7
 /// bits of the hash for its control bytes and the low bits for the bucket, so the table hash
@@ -448,13 +451,23 @@ fn locate(key: &Key) -> (usize, u64) {
     )
 }
 
-fn table_hash(key: &Key) -> u64 {
-    locate(key).1
+fn low7(key: &Key) -> [u8; 7] {
+    [key[0], key[1], key[2], key[3], key[4], key[5], key[6]]
+}
+
+/// A session key from its shard (the top byte) and the seven bytes its entry keeps.
+fn full_key(shard: usize, low: [u8; 7]) -> Key {
+    let mut k = [0u8; 8];
+    k[..7].copy_from_slice(&low);
+    k[7] = shard as u8;
+    k
 }
 
 /// One shard's sessions: the index (slot numbers only), the slab of entries and its free slots.
 #[derive(Default)]
 struct ShardMap {
+    /// This shard's number: the top byte of its keys.
+    shard: usize,
     table: HashTable<u32>,
     chunks: Vec<Box<[Entry]>>,
     free: Vec<u32>,
@@ -468,8 +481,9 @@ fn entry_at(chunks: &[Box<[Entry]>], slot: u32) -> Entry {
 impl ShardMap {
     fn find(&self, hash: u64, key: &Key) -> Option<u32> {
         let chunks = &self.chunks;
+        let low = low7(key);
         self.table
-            .find(hash, |&s| entry_at(chunks, s).key == *key)
+            .find(hash, |&s| entry_at(chunks, s).key == low)
             .copied()
     }
 
@@ -492,8 +506,15 @@ impl ShardMap {
             }
         };
         self.set(slot, e);
-        let ShardMap { table, chunks, .. } = self;
-        table.insert_unique(hash, slot, |&s| table_hash(&entry_at(chunks, s).key));
+        let ShardMap {
+            shard,
+            table,
+            chunks,
+            ..
+        } = self;
+        table.insert_unique(hash, slot, |&s| {
+            locate(&full_key(*shard, entry_at(chunks, s).key)).1
+        });
         slot
     }
 
@@ -504,19 +525,45 @@ impl ShardMap {
             free,
             ..
         } = self;
-        if let Ok(o) = table.find_entry(hash, |&s| entry_at(chunks, s).key == *key) {
+        let low = low7(key);
+        if let Ok(o) = table.find_entry(hash, |&s| entry_at(chunks, s).key == low) {
             let (slot, _) = o.remove();
             free.push(slot);
         }
     }
 }
 
-/// A shard's evidence records: a write-behind buffer and an anonymous temporary file, record
-/// `slot` at `slot * RECORD`. The file is made at the first write; nothing is left on disk
-/// (the file has no name, and goes with the store).
+/// The store's spill file: an anonymous temporary file (no name, nothing left behind), made at
+/// the first write. Each shard's chunk of slots has an extent of `CHUNK` records in it, handed
+/// out in the order the shards first write to them.
+#[derive(Default)]
+struct SpillFile {
+    file: std::sync::OnceLock<Option<std::fs::File>>,
+    extents: std::sync::atomic::AtomicU32,
+}
+
+impl SpillFile {
+    fn get(&self) -> Option<&std::fs::File> {
+        self.file
+            .get_or_init(|| match tempfile::tempfile() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "session store: cannot create its spill file; first-event evidence will be unavailable (detection is not affected)"
+                    );
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+/// A shard's evidence records: a write-behind buffer, and where its chunks' extents are.
 #[derive(Default)]
 struct Spill {
-    file: Option<std::fs::File>,
+    /// Extent of each chunk of slots, for the chunks written so far.
+    extents: Vec<u32>,
     /// Records not written yet, in the order they were made (a later one for a slot wins).
     pending: Vec<(u32, Record)>,
     errors: u64,
@@ -534,71 +581,77 @@ impl Spill {
         }
     }
 
-    fn push(&mut self, slot: u32, rec: Record) {
+    /// Where `slot`'s record is in the file; an extent is given to its chunk if `make`.
+    fn offset(&mut self, f: &SpillFile, slot: u32, make: bool) -> Option<u64> {
+        let c = slot as usize / CHUNK;
+        while make && self.extents.len() <= c {
+            self.extents
+                .push(f.extents.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        }
+        let extent = *self.extents.get(c)? as u64;
+        Some((extent * CHUNK as u64 + (slot as usize % CHUNK) as u64) * RECORD as u64)
+    }
+
+    fn push(&mut self, f: &SpillFile, slot: u32, rec: Record) {
         if self.pending.capacity() == 0 {
             self.pending.reserve_exact(PENDING_MAX);
         }
         self.pending.push((slot, rec));
         if self.pending.len() >= PENDING_MAX {
-            self.flush();
+            self.flush(f);
         }
     }
 
-    /// Writes the pending records, a run of contiguous slots in one write.
-    fn flush(&mut self) {
+    /// Writes the pending records, a run of contiguous records in one write.
+    fn flush(&mut self, f: &SpillFile) {
         if self.pending.is_empty() {
             return;
         }
         let mut pending = std::mem::take(&mut self.pending);
         // Stable: of two records for one slot, the later stays last.
         pending.sort_by_key(|(slot, _)| *slot);
-        if self.file.is_none() {
-            match tempfile::tempfile() {
-                Ok(f) => self.file = Some(f),
-                Err(e) => self.error("cannot create it", &e),
-            }
-        }
-        if let Some(file) = self.file.take() {
+        if let Some(file) = f.get() {
             let mut run: Vec<u8> = Vec::with_capacity(pending.len() * RECORD);
-            let mut start = 0u32;
-            let mut i = 0;
-            while i < pending.len() {
-                let (slot, rec) = &pending[i];
-                // The last record for this slot.
+            let mut start = 0u64;
+            for (i, (slot, rec)) in pending.iter().enumerate() {
+                // Only the last record for a slot is written.
                 if pending.get(i + 1).is_some_and(|(s, _)| s == slot) {
-                    i += 1;
                     continue;
                 }
-                if run.is_empty() {
-                    start = *slot;
-                } else if start as usize + run.len() / RECORD != *slot as usize {
-                    self.write(&file, start, &run);
+                let Some(at) = self.offset(f, *slot, true) else {
+                    continue;
+                };
+                if !run.is_empty() && start + run.len() as u64 != at {
+                    self.write(file, start, &run);
                     run.clear();
-                    start = *slot;
+                }
+                if run.is_empty() {
+                    start = at;
                 }
                 run.extend_from_slice(rec);
-                i += 1;
             }
             if !run.is_empty() {
-                self.write(&file, start, &run);
+                self.write(file, start, &run);
             }
-            self.file = Some(file);
+        } else {
+            self.errors += pending.len() as u64;
         }
         pending.clear();
         self.pending = pending;
     }
 
-    fn write(&mut self, file: &std::fs::File, slot: u32, bytes: &[u8]) {
-        if let Err(e) = file.write_all_at(bytes, slot as u64 * RECORD as u64) {
+    fn write(&mut self, file: &std::fs::File, at: u64, bytes: &[u8]) {
+        if let Err(e) = file.write_all_at(bytes, at) {
             self.error("write failed", &e);
         }
     }
 
-    /// Reads `n` records from `slot` on; what lies past the end of the file reads as zeros.
-    fn read_span(&mut self, slot: u32, n: usize) -> Option<Vec<u8>> {
-        let file = self.file.as_ref()?;
+    /// Reads `n` records from `slot` on (one chunk at most); what was never written reads as
+    /// zeros.
+    fn read_span(&mut self, f: &SpillFile, slot: u32, n: usize) -> Option<Vec<u8>> {
+        let base = self.offset(f, slot, false)?;
+        let file = f.file.get()?.as_ref()?;
         let mut buf = vec![0u8; n * RECORD];
-        let base = slot as u64 * RECORD as u64;
         let mut done = 0;
         while done < buf.len() {
             match file.read_at(&mut buf[done..], base + done as u64) {
@@ -614,16 +667,17 @@ impl Spill {
         Some(buf)
     }
 
-    fn read(&mut self, slot: u32, check: u32) -> Option<Cold> {
+    fn read(&mut self, f: &SpillFile, slot: u32, check: u32) -> Option<Cold> {
         if let Some((_, rec)) = self.pending.iter().rev().find(|(s, _)| *s == slot) {
             return Cold::decode(rec, check);
         }
-        let buf = self.read_span(slot, 1)?;
+        let buf = self.read_span(f, slot, 1)?;
         Cold::decode(buf[..RECORD].try_into().ok()?, check)
     }
 
-    /// The records of many slots `(slot, check)`, in their order: the file is read in spans.
-    fn read_many(&mut self, want: &[(u32, u32)]) -> Vec<Option<Cold>> {
+    /// The records of many slots `(slot, check)`, in their order: the file is read a span of
+    /// one chunk's slots at a time.
+    fn read_many(&mut self, f: &SpillFile, want: &[(u32, u32)]) -> Vec<Option<Cold>> {
         let mut out = vec![None; want.len()];
         // The pending records, by slot (the last for a slot wins).
         let mut pending: Vec<(u32, usize)> = self
@@ -642,15 +696,16 @@ impl Spill {
             }
         }
         order.sort_by_key(|&i| want[i].0);
+        let chunk = |slot: u32| slot as usize / CHUNK;
         let mut g = 0;
         while g < order.len() {
             let start = want[order[g]].0;
             let mut end = g;
-            while end + 1 < order.len() && want[order[end + 1]].0 - start < READ_SPAN {
+            while end + 1 < order.len() && chunk(want[order[end + 1]].0) == chunk(start) {
                 end += 1;
             }
             let last = want[order[end]].0;
-            if let Some(buf) = self.read_span(start, (last - start) as usize + 1) {
+            if let Some(buf) = self.read_span(f, start, (last - start) as usize + 1) {
                 for &i in &order[g..=end] {
                     let at = (want[i].0 - start) as usize * RECORD;
                     if let Ok(rec) = buf[at..at + RECORD].try_into() {
@@ -664,8 +719,8 @@ impl Spill {
     }
 }
 
-/// Lock order: `map`, then `spill`; never two shards' locks at once (nor a spill lock and then
-/// a map lock). A slot's entry and record are only written by the holder of its shard's `map`.
+/// Lock order: `map`, then `spill`; a spill lock is held for nothing else. A slot's entry and
+/// record are only written by the holder of its shard's `map`.
 #[derive(Default)]
 struct Shard {
     map: Mutex<ShardMap>,
@@ -674,6 +729,7 @@ struct Shard {
 
 pub struct SessionStore {
     shards: Box<[Shard]>,
+    file: SpillFile,
     extras: Map<Extras>,
     reported: Map<u32>,
     strings: Arc<Interner>,
@@ -682,7 +738,16 @@ pub struct SessionStore {
 impl Default for SessionStore {
     fn default() -> Self {
         SessionStore {
-            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|shard| Shard {
+                    map: Mutex::new(ShardMap {
+                        shard,
+                        ..ShardMap::default()
+                    }),
+                    spill: Mutex::default(),
+                })
+                .collect(),
+            file: SpillFile::default(),
             extras: new_map(),
             reported: new_map(),
             strings: Arc::new(Interner::default()),
@@ -718,7 +783,7 @@ impl Session {
 
     fn entry(&self, key: Key) -> Entry {
         Entry {
-            key,
+            key: low7(&key),
             home: self.home,
             first_time: self.first_time,
             expires: self.expires,
@@ -810,9 +875,10 @@ impl SessionStore {
     fn cold(&self, s: &Session) -> Option<Cold> {
         match s.cold {
             ColdRef::Held(c) => Some(c),
-            ColdRef::Spilled { shard, slot, check } => {
-                self.shards[shard as usize].spill.lock().read(slot, check)
-            }
+            ColdRef::Spilled { shard, slot, check } => self.shards[shard as usize]
+                .spill
+                .lock()
+                .read(&self.file, slot, check),
         }
     }
 
@@ -921,7 +987,10 @@ impl SessionStore {
                 let cold = self.cold(&new);
                 let slot = m.insert(hash, new.entry(key));
                 if let Some(c) = cold {
-                    shard.spill.lock().push(slot, c.encode(check_of(&key)));
+                    shard
+                        .spill
+                        .lock()
+                        .push(&self.file, slot, c.encode(check_of(&key)));
                 }
             }
             return r;
@@ -948,9 +1017,9 @@ impl SessionStore {
                 m.set(slot, n);
                 let old_cold = {
                     let mut spill = shard.spill.lock();
-                    let old = spill.read(slot, check_of(&key));
+                    let old = spill.read(&self.file, slot, check_of(&key));
                     if let Some(c) = new_cold {
-                        spill.push(slot, c.encode(check_of(&key)));
+                        spill.push(&self.file, slot, c.encode(check_of(&key)));
                     }
                     old
                 };
@@ -959,7 +1028,7 @@ impl SessionStore {
             }
             Update::Remove => {
                 m.remove(hash, &key);
-                let old = shard.spill.lock().read(slot, check_of(&key));
+                let old = shard.spill.lock().read(&self.file, slot, check_of(&key));
                 self.release_home(e.flags, e.home);
                 self.release_cold(old);
             }
@@ -1071,7 +1140,7 @@ impl SessionStore {
             return 0;
         }
         let want: Vec<(u32, u32)> = dead.iter().map(|(s, e)| (*s, check_of(&e.key))).collect();
-        let colds = shard.spill.lock().read_many(&want);
+        let colds = shard.spill.lock().read_many(&self.file, &want);
         for ((slot, e), cold) in dead.iter().zip(colds) {
             self.release_home(e.flags, e.home);
             self.release_cold(cold);
@@ -1133,11 +1202,11 @@ impl SessionStore {
                 .map(|&s| (s, entry_at(&m.chunks, s)))
                 .collect();
             let want: Vec<(u32, u32)> = here.iter().map(|(s, e)| (*s, check_of(&e.key))).collect();
-            let colds = shard.spill.lock().read_many(&want);
+            let colds = shard.spill.lock().read_many(&self.file, &want);
             drop(m);
             sessions.extend(here.iter().zip(colds).map(|((slot, e), cold)| {
                 (
-                    u64::from_le_bytes(e.key),
+                    u64::from_le_bytes(full_key(si, e.key)),
                     self.evidence_of(&Session::stored(si, *slot, e), cold),
                 )
             }));
@@ -1200,7 +1269,7 @@ mod tests {
 
     fn flush(store: &SessionStore) {
         for s in store.shards.iter() {
-            s.spill.lock().flush();
+            s.spill.lock().flush(&store.file);
         }
     }
 
@@ -1224,9 +1293,7 @@ mod tests {
                     &HomeValue::V4(Ipv4Addr::from(i)),
                     round * 1000,
                 );
-                store.update(key_of(&format!("{round}-{i}")), |_| {
-                    (Update::Replace(s), ())
-                });
+                store.update(key_of(&format!("{i}")), |_| (Update::Replace(s), ()));
             }
             store.sweep(round * 1000 + 500, usize::MAX);
             assert_eq!(store.len(), 0);
@@ -1243,8 +1310,8 @@ mod tests {
     }
 
     #[test]
-    fn a_session_entry_is_21_bytes_and_its_record_40() {
-        assert_eq!(std::mem::size_of::<Entry>(), 21);
+    fn a_session_entry_is_20_bytes_and_its_record_40() {
+        assert_eq!(std::mem::size_of::<Entry>(), 20);
         assert_eq!(Cold::default().encode(7).len(), RECORD);
         assert_eq!(RECORD, 40);
         // Every credential class fits the flags byte's four bits.
@@ -1320,7 +1387,7 @@ mod tests {
     #[test]
     fn evidence_round_trips_through_the_spill_pending_and_flushed() {
         let store = SessionStore::default();
-        // ~470 a shard: each shard wrote a batch of 256 and buffers the rest.
+        // ~117 a shard: each shard wrote a batch of 64 and buffers the rest.
         let n = 30_000u32;
         let mut want = Vec::new();
         for i in 0..n {
@@ -1328,7 +1395,7 @@ mod tests {
             want.push(store.evidence(&s));
             store.update(key_of(&i.to_string()), |_| (Update::Replace(s), ()));
         }
-        // Some shards flushed at 256 records, the rest is still buffered.
+        // The shards flushed at 64 records, the rest is still buffered.
         assert!(pending(&store) > 0);
         assert!(pending(&store) < n as usize);
         let check = |store: &SessionStore| {
