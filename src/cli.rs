@@ -302,7 +302,7 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
         selection: &selection,
         progress: Some(&progress),
     };
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let done = hunt::progress::Stop::default();
     let every = std::time::Duration::from_secs_f64(args.progress_every.clamp(0.05, 86_400.0));
     let summary = std::thread::scope(|scope| {
         scope.spawn(|| hunt::progress::report(&progress, args.progress, every, &done));
@@ -325,7 +325,7 @@ fn hunt_cmd(args: HuntArgs) -> i32 {
             },
             |b| tracing::warn!(kind = b.kind.as_str(), position = %b.position, detail = %b.detail, "bad record set aside"),
         );
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        done.stop();
         summary
     });
     write_failed |= out.flush().is_err();

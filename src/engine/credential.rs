@@ -110,6 +110,16 @@ pub fn assumed_role_parts(arn: &str) -> Option<(&str, &str)> {
     rest.split_once('/')
 }
 
+/// The parts in one string of exactly their length (`format!` grows its buffer as it goes:
+/// 5% of a hunt went to formatting these keys).
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
+
 fn is_instance_id(s: &str) -> bool {
     let Some(hex) = s.strip_prefix("i-") else {
         return false;
@@ -176,8 +186,8 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Optio
             return Some(Credential {
                 access_key_id: key,
                 class,
-                session_key: format!("{account}:{role}/{instance}"),
-                session_display: format!("{role}/{instance}"),
+                session_key: concat(&[account, ":", role, "/", &instance]),
+                session_display: concat(&[role, "/", &instance]),
                 instance_id: Some(instance),
                 role: Some(role),
                 lambda_runtime,

@@ -3,7 +3,7 @@
 //! (a CI log, a file), nothing with `--progress off`.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// `--progress`.
@@ -78,8 +78,33 @@ impl Progress {
     }
 }
 
-/// Reports `progress` until `done` is set, in the way `mode` asks; call from a scoped thread.
-pub fn report(progress: &Progress, mode: ProgressMode, every: Duration, done: &AtomicBool) {
+/// Tells [`report`] to stop: it wakes at once, so that the end of a hunt does not wait for the
+/// reporter's next tick.
+#[derive(Default)]
+pub struct Stop {
+    stopped: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl Stop {
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `d`; whether [`Stop::stop`] was called.
+    fn wait(&self, d: Duration) -> bool {
+        let guard = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .wake
+            .wait_timeout_while(guard, d, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
+
+/// Reports `progress` until `done` is stopped, in the way `mode` asks; call from a scoped thread.
+pub fn report(progress: &Progress, mode: ProgressMode, every: Duration, done: &Stop) {
     let bar = match mode {
         ProgressMode::Off => return,
         ProgressMode::Bar => true,
@@ -94,7 +119,7 @@ pub fn report(progress: &Progress, mode: ProgressMode, every: Duration, done: &A
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        while !done.load(Relaxed) {
+        loop {
             let secs = progress.started.elapsed().as_secs_f64().max(1e-9);
             let events = progress.events.load(Relaxed);
             pb.set_position(progress.bytes.load(Relaxed));
@@ -105,17 +130,14 @@ pub fn report(progress: &Progress, mode: ProgressMode, every: Duration, done: &A
                 events as f64 / secs,
                 progress.findings.load(Relaxed)
             ));
-            std::thread::sleep(Duration::from_millis(200));
+            if done.wait(Duration::from_millis(200)) {
+                break;
+            }
         }
         pb.finish_and_clear();
     } else {
-        let mut next = Instant::now() + every;
-        while !done.load(Relaxed) {
-            if Instant::now() >= next {
-                eprintln!("{}", progress.line());
-                next += every;
-            }
-            std::thread::sleep(Duration::from_millis(50).min(every));
+        while !done.wait(every) {
+            eprintln!("{}", progress.line());
         }
     }
 }
