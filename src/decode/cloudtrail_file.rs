@@ -128,20 +128,7 @@ pub fn decode_file_parsed(
     };
     if let Some(records) = records_one_pass(text) {
         for (i, (json, ev)) in records.iter().enumerate() {
-            if json.len() > limits.max_event_bytes {
-                let detail = sink.oversize(json);
-                sink.set_aside(BadKind::Oversize, position, i, detail);
-            } else {
-                let index = sink.next_index;
-                sink.next_index += 1;
-                (sink.on_event)(
-                    RawEvent {
-                        json: Cow::Borrowed(json),
-                        index,
-                    },
-                    Some(ev),
-                );
-            }
+            sink.element(json, position, i, Some(ev));
         }
         return Ok(FileFormat::CloudTrailS3Object);
     }
@@ -322,13 +309,13 @@ impl<E: FnMut(RawEvent<'_>, Option<&CloudTrailEvent<'_>>), B: FnMut(BadRecord)> 
         match doc {
             Doc::Records(elements) | Doc::Array(elements) => {
                 for (i, raw) in elements.into_iter().enumerate() {
-                    self.element(raw.get(), position, i);
+                    self.element(raw.get(), position, i, None);
                 }
             }
             Doc::EventBridgeArray(elements) => {
                 for (i, raw) in elements.into_iter().enumerate() {
                     match eventbridge_detail(raw.get()) {
-                        Ok(detail) => self.element(detail, position, i),
+                        Ok(detail) => self.element(detail, position, i, None),
                         Err((kind, detail)) => self.set_aside(kind, position, i, detail),
                     }
                 }
@@ -374,7 +361,14 @@ impl<E: FnMut(RawEvent<'_>, Option<&CloudTrailEvent<'_>>), B: FnMut(BadRecord)> 
     }
 
     /// One element of an array, `Records` or an EventBridge array: an event or a set-aside record.
-    fn element(&mut self, json: &str, position: &str, i: usize) {
+    /// `parsed`: the element already deserialized (a file read in one pass).
+    fn element(
+        &mut self,
+        json: &str,
+        position: &str,
+        i: usize,
+        parsed: Option<&CloudTrailEvent<'_>>,
+    ) {
         if !looks_like_object(json) {
             let found = json_type_name(json);
             self.set_aside(
@@ -394,7 +388,7 @@ impl<E: FnMut(RawEvent<'_>, Option<&CloudTrailEvent<'_>>), B: FnMut(BadRecord)> 
                     json: Cow::Borrowed(json),
                     index,
                 },
-                None,
+                parsed,
             );
         }
     }
