@@ -689,7 +689,7 @@ mod tests {
         };
         for (doc, want_one_pass) in [
             (format!(r#"{{"Records":[{}, {}]}}"#, ev(""), ev("")), true),
-            (format!(r#" {{ "Records" : [ ] }} "#), true),
+            (r#" { "Records" : [ ] } "#.to_string(), true),
             (format!(r#"{{"Records":[{}, []]}}"#, ev("")), false),
             (
                 format!(r#"{{"Records":[{}]}}"#, ev(r#","userAgent":5"#)),
