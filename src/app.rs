@@ -8,6 +8,7 @@
 //!  Kinesis ─decode_record┘   (shared DashMap)     └─> bad records (counted, dead-lettered)
 //! ```
 
+use crate::decode::cloudwatch_envelope::Decoded;
 use crate::decode::{BadKind, BadRecord, Limits, RawEvent};
 use crate::engine::{Engine, Position};
 use crate::event::EventError;
@@ -50,11 +51,41 @@ pub fn process_event_parsed(
             ),
         });
     }
-    match parsed {
+    let result = match parsed {
         Some(ev) => engine.process_parsed_timed(ev, &raw.json, pos),
         None => engine.process_json_timed(&raw.json, pos),
+    };
+    result.map_err(|e| event_bad(e, pos))
+}
+
+/// Processes one event as [`decode_record_read`] hands it out: its text as [`process_event`]
+/// does, or its fields read in place (the same outcome, without unescaping or parsing it).
+///
+/// [`decode_record_read`]: crate::decode::cloudwatch_envelope::decode_record_read
+pub fn process_decoded(
+    engine: &Engine,
+    event: &Decoded<'_, '_>,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<(Vec<Finding>, i64), BadRecord> {
+    match event {
+        Decoded::Text(raw) => process_event(engine, raw, prefix, limits),
+        // The scanner reads only messages within `max_event_bytes`.
+        Decoded::Read { event, index } => {
+            let pos = Position {
+                prefix,
+                index: *index,
+            };
+            engine
+                .process_read_timed(event, pos)
+                .map_err(|e| event_bad(e, pos))
+        }
     }
-    .map_err(|e| BadRecord {
+}
+
+/// An event the engine could not use, as a set-aside record.
+fn event_bad(e: EventError, pos: Position<'_>) -> BadRecord {
+    BadRecord {
         kind: match &e {
             EventError::NotJson(_) => BadKind::NotJson,
             EventError::MissingField(_) => BadKind::MissingField,
@@ -63,7 +94,7 @@ pub fn process_event_parsed(
         },
         position: pos.to_string(),
         detail: truncate(&e.to_string(), 200),
-    })
+    }
 }
 
 /// Shortens a message for logs and dead-letter lines.

@@ -35,6 +35,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::{Deserialize, Serialize};
 
 use super::{gzip, BadKind, BadRecord, Limits, RawEvent};
+use crate::event::CloudTrailEvent;
 
 /// Buffers above this capacity are freed after a record rather than kept in [`Scratch`].
 const RETAIN_BYTES: usize = 16 << 20;
@@ -80,6 +81,10 @@ pub struct Scratch {
     /// simd-json's stage buffers (aligned input copy, string buffer, structural indexes), kept
     /// between records instead of allocated for each.
     simd: simd_json::Buffers,
+    /// [`decode_record_read`]'s events read in place and what each log event gave, kept empty
+    /// between records so that their allocations serve the next.
+    read: Vec<CloudTrailEvent<'static>>,
+    slots: Vec<FastSlot>,
 }
 
 impl fmt::Debug for Scratch {
@@ -106,7 +111,18 @@ impl Scratch {
         if self.events.slots.capacity() > RETAIN_BYTES / 64 {
             self.events.slots = Vec::new();
         }
+        if self.slots.capacity() > RETAIN_BYTES / 64 {
+            self.slots = Vec::new();
+            self.read = Vec::new();
+        }
     }
+}
+
+/// `v`, emptied, with its allocation kept for elements of another lifetime (the standard
+/// library collects a `Vec`'s `into_iter` in place, and an empty one moves nothing).
+fn recycle<'b>(mut v: Vec<CloudTrailEvent<'_>>) -> Vec<CloudTrailEvent<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// Decodes one Kinesis record's data: gzip is required (not gzip -> [`BadKind::NotGzip`]), then
@@ -672,28 +688,359 @@ impl<'de> Visitor<'de> for Message<'_> {
     /// Called with serde_json's own scratch buffer for escaped strings (every CloudTrail event
     /// is one) and with the input for the others; either way it is copied once, into `buf.text`.
     fn visit_str<E: de::Error>(self, message: &str) -> Result<Slot, E> {
-        if message.len() > self.max_event_bytes {
-            return Ok(Slot::Bad(
-                BadKind::Oversize,
-                format!(
-                    "message of {} bytes is over max_event_bytes ({})",
-                    message.len(),
-                    self.max_event_bytes
-                ),
-            ));
+        Ok(message_slot(self.buf, message, self.max_event_bytes))
+    }
+}
+
+/// What an unescaped `message` is: an event (appended to `buf.text`) or set aside.
+fn message_slot(buf: &mut EventBuf, message: &str, max_event_bytes: usize) -> Slot {
+    if message.len() > max_event_bytes {
+        return Slot::Bad(
+            BadKind::Oversize,
+            format!(
+                "message of {} bytes is over max_event_bytes ({max_event_bytes})",
+                message.len(),
+            ),
+        );
+    }
+    if !super::looks_like_object(message) {
+        return Slot::Bad(
+            BadKind::BadField,
+            format!(
+                "message is not a JSON object: {:?}",
+                message.chars().take(40).collect::<String>()
+            ),
+        );
+    }
+    let start = buf.text.len();
+    buf.text.push_str(message);
+    Slot::Event(start..buf.text.len())
+}
+
+/// One event out of [`decode_record_read`].
+#[derive(Debug)]
+pub enum Decoded<'a, 'e> {
+    /// Its JSON text, unescaped, as [`decode_record`] gives every event.
+    Text(RawEvent<'a>),
+    /// Read in place from the escaped message by [`super::scan`]: every field but
+    /// `requestParameters` and `responseElements`, which no rule reads for such an event
+    /// ([`crate::engine::reads_whole_event`]).
+    Read {
+        event: &'e CloudTrailEvent<'a>,
+        /// Its position in `logEvents`.
+        index: usize,
+    },
+}
+
+impl Decoded<'_, '_> {
+    /// Its position in `logEvents`.
+    pub fn index(&self) -> usize {
+        match self {
+            Decoded::Text(raw) => raw.index,
+            Decoded::Read { index, .. } => *index,
         }
-        if !super::looks_like_object(message) {
-            return Ok(Slot::Bad(
-                BadKind::BadField,
-                format!(
-                    "message is not a JSON object: {:?}",
-                    message.chars().take(40).collect::<String>()
-                ),
-            ));
+    }
+}
+
+/// [`decode_record`] for a consumer: the same events, set-aside events and errors, but each event
+/// whose fields [`super::scan`] can read straight from the escaped message comes out as
+/// [`Decoded::Read`], without being unescaped or parsed whole. The others (an event the engine
+/// reads whole, a message the scanner gives up on, an envelope of another shape) come out as
+/// [`decode_record`] gives them.
+pub fn decode_record_read(
+    data: &[u8],
+    limits: &Limits,
+    position: &str,
+    scratch: &mut Scratch,
+    mut on_event: impl FnMut(Decoded<'_, '_>),
+    mut on_bad: impl FnMut(BadRecord),
+) -> Result<EnvelopeSummary, BadRecord> {
+    if !gzip::is_gzip(data) {
+        return decode_record(data, limits, position, scratch, |_| {}, on_bad);
+    }
+    if let Err((kind, detail)) = gzip::gunzip_capped_into(
+        &mut scratch.decompressor,
+        data,
+        limits.max_decompressed_bytes,
+        &mut scratch.gunzipped,
+    ) {
+        scratch.trim();
+        return Err(BadRecord::new(kind, position, detail));
+    }
+    let mut events = recycle(std::mem::take(&mut scratch.read));
+    let mut slots = std::mem::take(&mut scratch.slots);
+    let read = simdutf8::basic::from_utf8(&scratch.gunzipped)
+        .ok()
+        .and_then(|text| read_envelope(text, limits, &mut scratch.events, &mut events, &mut slots));
+    if let Some(env) = read {
+        let mut summary = EnvelopeSummary {
+            message_type: MessageType::Data,
+            owner: env.owner.map(str::to_owned),
+            log_group: env.log_group.map(str::to_owned),
+            log_stream: env.log_stream.map(str::to_owned),
+            events: 0,
+        };
+        let text = &scratch.events.text;
+        let mut read = events.iter();
+        for (i, slot) in slots.drain(..).enumerate() {
+            match slot {
+                FastSlot::Read => {
+                    summary.events += 1;
+                    let event = read.next().expect("one event read per FastSlot::Read");
+                    on_event(Decoded::Read { event, index: i });
+                }
+                FastSlot::Slot(Slot::Event(range)) => {
+                    summary.events += 1;
+                    on_event(Decoded::Text(RawEvent {
+                        json: Cow::Borrowed(&text[range]),
+                        index: i,
+                    }));
+                }
+                FastSlot::Slot(Slot::Bad(kind, detail)) => {
+                    on_bad(BadRecord::new(kind, format!("{position}#{i}"), detail))
+                }
+            }
         }
-        let start = self.buf.text.len();
-        self.buf.text.push_str(message);
-        Ok(Slot::Event(start..self.buf.text.len()))
+        scratch.read = recycle(events);
+        scratch.slots = slots;
+        scratch.trim();
+        return Ok(summary);
+    }
+    scratch.read = recycle(events);
+    slots.clear();
+    scratch.slots = slots;
+    let result = decode_envelope_in_place(
+        &mut scratch.gunzipped,
+        &mut scratch.simd,
+        limits,
+        position,
+        0,
+        &mut scratch.events,
+        &mut |raw| on_event(Decoded::Text(raw)),
+        &mut on_bad,
+    )
+    .map(|(summary, _)| summary);
+    scratch.trim();
+    result
+}
+
+/// An envelope read by [`read_envelope`] (its log events are in the caller's buffers).
+struct FastEnvelope<'a> {
+    owner: Option<&'a str>,
+    log_group: Option<&'a str>,
+    log_stream: Option<&'a str>,
+}
+
+/// What one log event gave in [`read_envelope`].
+#[derive(Debug)]
+enum FastSlot {
+    /// Read in place: the next event of the events read.
+    Read,
+    /// Unescaped into the text buffer, or set aside, as the full decoder does.
+    Slot(Slot),
+}
+
+/// Reads a `DATA_MESSAGE` envelope of the shape CloudWatch Logs writes (compact JSON; the keys
+/// `messageType`, `owner`, `logGroup`, `logStream`, `subscriptionFilters`, `logEvents`; log events
+/// of `id`, `timestamp` and `message`; no escapes outside the messages). `None` for anything else:
+/// the full decoder reads it, errors included.
+fn read_envelope<'a>(
+    text: &'a str,
+    limits: &Limits,
+    buf: &mut EventBuf,
+    events: &mut Vec<CloudTrailEvent<'a>>,
+    slots: &mut Vec<FastSlot>,
+) -> Option<FastEnvelope<'a>> {
+    buf.clear();
+    events.clear();
+    slots.clear();
+    let mut p = Plain { text, i: 0 };
+    let mut env = FastEnvelope {
+        owner: None,
+        log_group: None,
+        log_stream: None,
+    };
+    let (mut message_type, mut log_events, mut seen) = (None, false, 0u8);
+    p.eat(b'{')?;
+    loop {
+        let key = p.string()?;
+        p.eat(b':')?;
+        let bit = match key {
+            "messageType" => {
+                message_type = Some(p.string()?);
+                0
+            }
+            "owner" => {
+                env.owner = p.string_or_null()?;
+                1
+            }
+            "logGroup" => {
+                env.log_group = p.string_or_null()?;
+                2
+            }
+            "logStream" => {
+                env.log_stream = p.string_or_null()?;
+                3
+            }
+            "subscriptionFilters" => {
+                p.list(|p| p.string().map(drop))?;
+                4
+            }
+            "logEvents" => {
+                p.list(|p| {
+                    let slot = log_event(p, limits, buf, events)?;
+                    slots.push(slot);
+                    Some(())
+                })?;
+                log_events = true;
+                5
+            }
+            _ => return None,
+        };
+        if seen >> bit & 1 != 0 {
+            return None;
+        }
+        seen |= 1 << bit;
+        match p.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    (p.i == text.len() && message_type == Some("DATA_MESSAGE") && log_events).then_some(env)
+}
+
+/// One element of `logEvents`: `{"id":...,"timestamp":...,"message":...}` in any order.
+fn log_event<'a>(
+    p: &mut Plain<'a>,
+    limits: &Limits,
+    buf: &mut EventBuf,
+    events: &mut Vec<CloudTrailEvent<'a>>,
+) -> Option<FastSlot> {
+    p.eat(b'{')?;
+    let (mut slot, mut seen) = (None, 0u8);
+    loop {
+        let key = p.string()?;
+        p.eat(b':')?;
+        let bit = match key {
+            "id" => {
+                p.string()?;
+                0
+            }
+            "timestamp" => {
+                p.number()?;
+                1
+            }
+            "message" => {
+                slot = Some(message(p, limits, buf, events)?);
+                2
+            }
+            _ => return None,
+        };
+        if seen >> bit & 1 != 0 {
+            return None;
+        }
+        seen |= 1 << bit;
+        match p.next()? {
+            b',' => continue,
+            b'}' => return slot,
+            _ => return None,
+        }
+    }
+}
+
+/// A `message` string: read in place by the scanner (into a new last element of `events`), or
+/// unescaped as the full decoder does.
+fn message<'a>(
+    p: &mut Plain<'a>,
+    limits: &Limits,
+    buf: &mut EventBuf,
+    events: &mut Vec<CloudTrailEvent<'a>>,
+) -> Option<FastSlot> {
+    if p.text.as_bytes().get(p.i) != Some(&b'"') {
+        return None;
+    }
+    let start = p.i + 1;
+    events.push(CloudTrailEvent::default());
+    let event = events.last_mut().expect("just pushed");
+    if let Ok(end) = super::scan::read_event_into(p.text, start, event) {
+        if end - start <= limits.max_event_bytes && !crate::engine::reads_whole_event(event) {
+            p.i = end + 1;
+            return Some(FastSlot::Read);
+        }
+    }
+    events.pop();
+    let end = super::scan::string_end(p.text.as_bytes(), start)?;
+    let message: String = serde_json::from_str(&p.text[p.i..=end]).ok()?;
+    p.i = end + 1;
+    Some(FastSlot::Slot(message_slot(
+        buf,
+        &message,
+        limits.max_event_bytes,
+    )))
+}
+
+/// A cursor over compact JSON without escapes (the envelope around the messages).
+struct Plain<'a> {
+    text: &'a str,
+    i: usize,
+}
+
+impl<'a> Plain<'a> {
+    fn next(&mut self) -> Option<u8> {
+        let b = *self.text.as_bytes().get(self.i)?;
+        self.i += 1;
+        Some(b)
+    }
+
+    fn eat(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    /// A string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let b = &self.text.as_bytes()[self.i..];
+        let n = memchr::memchr2(b'"', b'\\', b)?;
+        if b[n] != b'"' || b[..n].iter().any(|&c| c < 0x20) {
+            return None;
+        }
+        let s = &self.text[self.i..self.i + n];
+        self.i += n + 1;
+        Some(s)
+    }
+
+    fn string_or_null(&mut self) -> Option<Option<&'a str>> {
+        if self.text.as_bytes()[self.i..].starts_with(b"null") {
+            self.i += 4;
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    /// An integer (a timestamp in milliseconds).
+    fn number(&mut self) -> Option<()> {
+        let b = &self.text.as_bytes()[self.i..];
+        let sign = usize::from(b.first() == Some(&b'-'));
+        let digits = b[sign..].iter().take_while(|c| c.is_ascii_digit()).count();
+        (digits > 0).then(|| self.i += sign + digits)
+    }
+
+    /// `[item, ...]`.
+    fn list(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        if self.text.as_bytes().get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            match self.next()? {
+                b',' => continue,
+                b']' => return Some(()),
+                _ => return None,
+            }
+        }
     }
 }
 
@@ -717,20 +1064,130 @@ mod tests {
         let mut out = Out::default();
         let mut scratch = Scratch::default();
         let mut bad = Vec::new();
+        let position =
+            "shardId-000000000001@49590338271490256608559692538361571095921575989136588898";
         let result = decode_record(
             data,
             limits,
-            "shardId-000000000001@49590338271490256608559692538361571095921575989136588898",
+            position,
             &mut scratch,
             |ev| out.events.push((ev.index, ev.json.into_owned())),
             |b| bad.push(b),
         );
         out.bad = bad;
+        // The consumer's path gives the same: result, set-aside events, and each event as text
+        // or read in place with the fields the full parser reads from that text.
+        let (mut read_events, mut read_bad) = (Vec::new(), Vec::new());
+        let read_result = decode_record_read(
+            data,
+            limits,
+            position,
+            &mut scratch,
+            |ev| {
+                read_events.push(match ev {
+                    Decoded::Text(raw) => (raw.index, Ok(raw.json.into_owned())),
+                    Decoded::Read { event, index } => {
+                        (index, Err(super::super::scan::fields(event)))
+                    }
+                })
+            },
+            |b| read_bad.push(b),
+        );
+        assert_eq!(read_result, result);
+        assert_eq!(read_bad, out.bad);
+        assert_eq!(read_events.len(), out.events.len());
+        for ((i, got), (j, text)) in read_events.into_iter().zip(&out.events) {
+            assert_eq!(i, *j);
+            match got {
+                Ok(t) => assert_eq!(&t, text),
+                Err(fields) => assert_eq!(
+                    fields,
+                    super::super::scan::fields(&serde_json::from_str(text).unwrap()),
+                    "{text}"
+                ),
+            }
+        }
         (result, out)
+    }
+
+    /// Every event of the shared recordings, 50 to an envelope: the consumer's path reads most
+    /// in place, and gives what the full decoder and parser give (checked by [`decode`]).
+    #[test]
+    fn the_shared_recordings_read_in_place_as_the_full_parser_reads_them() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+        let mut events = Vec::new();
+        for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if entry.file_type().is_file()
+                && (name.ends_with(".json") || name.ends_with(".json.gz"))
+            {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                let _ = crate::decode::cloudtrail_file::decode_file(
+                    &bytes,
+                    &Limits::default(),
+                    "t",
+                    |raw| events.push(raw.json.into_owned()),
+                    |_| {},
+                );
+            }
+        }
+        // CloudWatch Logs delivers each event as CloudTrail wrote it: compact. The recordings
+        // are pretty-printed.
+        let events: Vec<String> = events
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(e)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(events.len() >= 1000, "{} events", events.len());
+        let (mut read, mut whole) = (0, 0);
+        for chunk in events.chunks(50) {
+            let msgs: Vec<(i64, &str)> = chunk.iter().map(|e| (1, e.as_str())).collect();
+            let data = encode_envelope("1", "g", "s", "f", &msgs);
+            let (result, out) = decode(&data, &Limits::default());
+            assert_eq!(result.unwrap().events, chunk.len());
+            assert_eq!(out.events.len(), chunk.len());
+            let mut scratch = Scratch::default();
+            let _ = decode_record_read(
+                &data,
+                &Limits::default(),
+                "p",
+                &mut scratch,
+                |ev| match ev {
+                    Decoded::Read { .. } => read += 1,
+                    Decoded::Text(_) => whole += 1,
+                },
+                |_| {},
+            );
+        }
+        // The events the engine reads whole (control-plane calls, AssumeRole, the event rules'
+        // names) and those with an escape in a field read: text; the rest in place.
+        assert!(read > whole, "{read} read in place, {whole} as text");
+    }
+
+    /// Cut anywhere, an envelope is set aside as the full decoder sets it aside.
+    #[test]
+    fn an_envelope_cut_anywhere_gives_what_the_full_decoder_gives() {
+        let msgs = [(1, EVENT_A), (2, EVENT_B), (3, EVENT_A)];
+        let whole = gunzip_text(&encode_envelope("1", "g", "s", "f", &msgs));
+        for cut in 0..whole.len() {
+            if whole.is_char_boundary(cut) {
+                let _ = decode(&gz(&whole[..cut]), &Limits::default());
+            }
+        }
     }
 
     fn gz(text: &str) -> Vec<u8> {
         gzip_bytes(text.as_bytes())
+    }
+
+    fn gunzip_text(data: &[u8]) -> String {
+        let mut out = Vec::new();
+        gzip::gunzip_capped_into(&mut Decompressor::new(), data, 64 << 20, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! - [`cloudtrail_file`]: a historical file (CloudTrail S3 object, JSON array, JSON lines,
 //!   EventBridge events, a single event or stored envelopes), gzip'd or not.
 //! - [`gzip`]: the size-capped gunzip both use.
+//! - [`scan`]: reads an event's fields straight from an envelope's escaped `message`, for
+//!   [`cloudwatch_envelope::decode_record_read`] (the consumer's path).
 //!
-//! Decoders never parse the events themselves: they hand each event's JSON text to the caller as a
+//! Decoders do not parse the events themselves (but for [`scan`]): they hand each event's JSON text to the caller as a
 //! [`RawEvent`] (borrowed from the decoded buffer where possible) and each set-aside record or event
 //! to the caller as a [`BadRecord`]. Limits on untrusted input are in [`Limits`].
 
@@ -16,6 +18,7 @@ pub mod cloudtrail_file;
 pub mod cloudwatch_envelope;
 pub mod errors;
 pub mod gzip;
+pub(crate) mod scan;
 
 pub use errors::{BadKind, BadRecord};
 

@@ -96,8 +96,10 @@ pub fn is_candidate(ev: &CloudTrailEvent<'_>) -> bool {
     ev.event_name() == "AssumeRole" && ev.event_source() == "sts.amazonaws.com"
 }
 
-/// The key and what its issuance says, if `ev` is a workload credential's issuance.
-pub fn issuance_of(ev: &CloudTrailEvent<'_>, t: i64) -> Option<(String, Issued)> {
+/// The service and credential class, if `ev` is a successful `AssumeRole` by one of the
+/// services that issue workload credentials: an issuance, whose parameters and response
+/// [`issuance_of`] reads. Decided from the event's fields alone.
+pub fn issuer(ev: &CloudTrailEvent<'_>) -> Option<&'static (&'static str, CredentialClassName)> {
     if !is_candidate(ev) || !ev.succeeded() {
         return None;
     }
@@ -107,7 +109,12 @@ pub fn issuance_of(ev: &CloudTrailEvent<'_>, t: i64) -> Option<(String, Issued)>
         .as_deref()
         .filter(|s| !s.is_empty())
         .or(ev.source_ip_address.as_deref())?;
-    let (service, class) = ISSUERS.iter().find(|(s, _)| by.eq_ignore_ascii_case(s))?;
+    ISSUERS.iter().find(|(s, _)| by.eq_ignore_ascii_case(s))
+}
+
+/// The key and what its issuance says, if `ev` is a workload credential's issuance.
+pub fn issuance_of(ev: &CloudTrailEvent<'_>, t: i64) -> Option<(String, Issued)> {
+    let (service, class) = issuer(ev)?;
     let req: Request = ev.request()?;
     let resp: Response = ev.response()?;
     let creds = resp.credentials?;

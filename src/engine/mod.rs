@@ -232,6 +232,18 @@ pub struct Engine {
     control_cursor: AtomicU64,
 }
 
+/// Whether the engine reads more of `ev` than the fields [`crate::decode::scan`] reads: its
+/// `requestParameters` or `responseElements` (the instance book, issuances, the inventory, the
+/// event rules) or its whole text (shared with other workers). Such events are parsed whole;
+/// the others may come read in place.
+pub fn reads_whole_event(ev: &CloudTrailEvent<'_>) -> bool {
+    let name = ev.event_name();
+    instances::is_relevant(name)
+        || issuance::issuer(ev).is_some()
+        || crate::inventory::observe::observes(name)
+        || crate::rules::event_rules::candidate(name)
+}
+
 impl Engine {
     pub fn new(cfg: &Config) -> Engine {
         Engine {
@@ -315,8 +327,9 @@ impl Engine {
         ev.check()?;
         let (out, t) = self.process_timed(ev, pos)?;
         if let Some(a) = &self.authority {
+            // What other workers learn from: [`Engine::sync_control`].
             let shared = instances::is_relevant(ev.event_name())
-                || issuance::is_candidate(ev)
+                || issuance::issuer(ev).is_some()
                 || crate::inventory::observe::observes(ev.event_name());
             if shared && ev.succeeded() {
                 if let Err(e) = a.publish_control(json) {
@@ -326,6 +339,20 @@ impl Engine {
             }
         }
         Ok((out, t))
+    }
+
+    /// [`Engine::process_parsed_timed`] for an event read in place from an envelope
+    /// ([`crate::decode::cloudwatch_envelope::Decoded::Read`]): one of which the engine reads
+    /// only the fields the scanner gives ([`reads_whole_event`] is false), and so none it
+    /// shares with other workers.
+    pub fn process_read_timed(
+        &self,
+        ev: &CloudTrailEvent<'_>,
+        pos: Position<'_>,
+    ) -> Result<(Vec<Finding>, i64), EventError> {
+        debug_assert!(!reads_whole_event(ev));
+        ev.check()?;
+        self.process_timed(ev, pos)
     }
 
     /// Reads the control-plane events other workers shared since the last call into the

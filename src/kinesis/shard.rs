@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::sequence::SequenceNumber;
 use super::{ShardExit, Shared, Start};
-use crate::app::process_event;
-use crate::decode::cloudwatch_envelope::{decode_record, Scratch};
+use crate::app::process_decoded;
+use crate::decode::cloudwatch_envelope::{decode_record_read, Scratch};
 use crate::decode::BadRecord;
 use crate::event::parse_time;
 use crate::finding::Finding;
@@ -271,14 +271,14 @@ pub(crate) async fn process_batch(
         let prefix = format!("{shard_id}@{seq}");
         let unshared = shared.engine.unshared();
         let mut decoder_bad = Vec::new();
-        let result = decode_record(
+        let result = decode_record_read(
             data,
             &shared.limits,
             &prefix,
             scratch,
-            |raw| {
+            |ev| {
                 events += 1;
-                match process_event(&shared.engine, &raw, &prefix, &shared.limits) {
+                match process_decoded(&shared.engine, &ev, &prefix, &shared.limits) {
                     Ok((fs, t)) => {
                         max_time = Some(max_time.map_or(t, |m| m.max(t)));
                         found.extend(fs.into_iter().map(|f| (f, arrival)));

@@ -13,7 +13,7 @@ use crate::finding::{finding_id, Finding};
 use crate::rules::event_evidence;
 
 /// Event names any rule here looks at; everything else returns at once.
-fn candidate(name: &str) -> bool {
+pub(crate) fn candidate(name: &str) -> bool {
     matches!(
         name,
         "GetCallerIdentity"

@@ -1,0 +1,830 @@
+//! Reading a CloudTrail event straight from the escaped `message` string of a CloudWatch Logs
+//! envelope: the fields the engine needs, borrowed from the gunzipped bytes, with no unescaping
+//! and no parse of the rest of the event.
+//!
+//! In the envelope, each event is one JSON string: `{\"eventVersion\":\"1.08\",...}`. An inner
+//! (event) quote is an outer escape `\"`; a quote inside an inner string is `\\\"`. The scanner
+//! works as simdjson's first stage does, 64 bytes at a time: bit masks of backslashes, quotes and
+//! brackets (SSE2), the outer escapes from the backslash runs (simdjson's branch-free carry
+//! trick), the inner escapes from those (a scalar pass, only in blocks that hold an inner
+//! backslash), the inner strings from a prefix XOR of the real inner quotes, and from them the
+//! brackets outside strings. A walker then reads the objects it needs (the top level,
+//! `userIdentity`, `sessionContext`, its `attributes` and `sessionIssuer`) key by key, and skips
+//! every other value by counting brackets a block at a time (`requestParameters` and
+//! `responseElements`, most of an event's bytes, cost a few instructions per 64 bytes).
+//!
+//! What it checks: the structure (keys, colons, commas, strings closed, brackets balanced before
+//! the message ends), no control characters, no outer escape other than `\"` and `\\`, no
+//! duplicate key among those serde would reject, and the JSON type of every field it reads. It
+//! does not check the grammar of values it skips (a number's digits, brackets of the right
+//! kind): a message that only a full parser would reject there is read as CloudTrail would never
+//! write it. Anything else it does not expect (whitespace between tokens, an escape inside a
+//! field it reads, a field of another type) makes it give up on that message ([`Bail`]), and the
+//! caller unescapes and parses that message in full, so the outcome is the full parser's.
+
+use std::borrow::Cow;
+
+use crate::event::{
+    CloudTrailEvent, SessionAttributes, SessionContext, SessionIssuer, UserIdentity,
+};
+
+/// The scanner left the message to the full parser. Not a verdict on the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bail;
+
+/// Bit `i` of each mask is byte `i` of a 64-byte block.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Classes {
+    backslash: u64,
+    quote: u64,
+    /// `{` and `[`.
+    open: u64,
+    /// `}` and `]`.
+    close: u64,
+    /// Bytes below 0x20.
+    control: u64,
+}
+
+/// The classes of 64 bytes: 32 at a time with AVX2 where the CPU has it (checked once, then a
+/// cached flag), else 16 at a time with SSE2 (part of every x86-64 CPU).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn classify(b: &[u8; 64]) -> Classes {
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { classify_avx2(b) }
+    } else {
+        classify_sse2(b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn classify_avx2(b: &[u8; 64]) -> Classes {
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_min_epu8, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8,
+    };
+    // SAFETY: both loads read 32 bytes within `b` (offsets 0 and 32 of 64), unaligned loads
+    // allowed; AVX2 is enabled for this function, whose callers check the CPU has it.
+    let (lo, hi) = unsafe {
+        (
+            _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()),
+            _mm256_loadu_si256(b.as_ptr().add(32).cast::<__m256i>()),
+        )
+    };
+    macro_rules! mask {
+        (|$v:ident| $eq:expr) => {{
+            let lo_bits = {
+                let $v = lo;
+                _mm256_movemask_epi8($eq)
+            };
+            let hi_bits = {
+                let $v = hi;
+                _mm256_movemask_epi8($eq)
+            };
+            u64::from(lo_bits as u32) | u64::from(hi_bits as u32) << 32
+        }};
+    }
+    let case = _mm256_set1_epi8(0x20);
+    // The same classes as [`classify_sse2`]: see there.
+    Classes {
+        backslash: mask!(|v| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8))),
+        quote: mask!(|v| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8))),
+        open: mask!(|v| _mm256_cmpeq_epi8(_mm256_or_si256(v, case), _mm256_set1_epi8(0x7b))),
+        close: mask!(|v| _mm256_cmpeq_epi8(_mm256_or_si256(v, case), _mm256_set1_epi8(0x7d))),
+        control: mask!(|v| _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v)),
+    }
+}
+
+/// [`classify`] with SSE2.
+#[cfg(target_arch = "x86_64")]
+fn classify_sse2(b: &[u8; 64]) -> Classes {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    let mut c = Classes::default();
+    // SAFETY: SSE2 is in the x86-64 baseline, so these intrinsics are always available; every
+    // load reads 16 bytes within `b` (offsets 0, 16, 32, 48 of 64), unaligned loads allowed.
+    unsafe {
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let case = _mm_set1_epi8(0x20);
+        // `{` 0x7b and `[` 0x5b differ only in bit 5, as do `}` 0x7d and `]` 0x5d.
+        let open = _mm_set1_epi8(0x7b);
+        let close = _mm_set1_epi8(0x7d);
+        let ctl = _mm_set1_epi8(0x1f);
+        for k in 0..4 {
+            let v = _mm_loadu_si128(b.as_ptr().add(16 * k).cast());
+            let folded = _mm_or_si128(v, case);
+            let bit = |m: i32| u64::from(m as u16) << (16 * k);
+            c.backslash |= bit(_mm_movemask_epi8(_mm_cmpeq_epi8(v, backslash)));
+            c.quote |= bit(_mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)));
+            c.open |= bit(_mm_movemask_epi8(_mm_cmpeq_epi8(folded, open)));
+            c.close |= bit(_mm_movemask_epi8(_mm_cmpeq_epi8(folded, close)));
+            // v <= 0x1f (unsigned) exactly when min(v, 0x1f) == v.
+            c.control |= bit(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
+        }
+    }
+    c
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn classify(b: &[u8; 64]) -> Classes {
+    classify_scalar(b)
+}
+
+/// [`classify`] a byte at a time: the portable version, and the reference in tests.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn classify_scalar(b: &[u8; 64]) -> Classes {
+    let mut c = Classes::default();
+    for (i, &x) in b.iter().enumerate() {
+        let bit = 1u64 << i;
+        match x {
+            b'\\' => c.backslash |= bit,
+            b'"' => c.quote |= bit,
+            b'{' | b'[' => c.open |= bit,
+            b'}' | b']' => c.close |= bit,
+            0..=0x1f => c.control |= bit,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// The characters escaped by a backslash (the one after an odd run of backslashes), given the
+/// block's backslashes; `carry` is 1 when the previous block ended in an unfinished escape.
+/// simdjson's branch-free version (`json_escape_scanner`).
+fn find_escaped(backslash: u64, carry: &mut u64) -> u64 {
+    const EVEN: u64 = 0x5555_5555_5555_5555;
+    let backslash = backslash & !*carry;
+    let follows_escape = (backslash << 1) | *carry;
+    let odd_starts = backslash & !EVEN & !follows_escape;
+    let (even_starts, overflow) = odd_starts.overflowing_add(backslash);
+    *carry = u64::from(overflow);
+    let invert = even_starts << 1;
+    (EVEN ^ invert) & follows_escape
+}
+
+/// Inner escapes: over the bytes that remain once the outer escapes are undone (`keep`: every
+/// byte but an escaping backslash), the byte after an unescaped inner backslash. Scalar: only
+/// blocks with an inner backslash (or one pending from the block before) come here.
+fn inner_escaped(keep: u64, inner_backslash: u64, pending: &mut bool) -> u64 {
+    let mut escaped = 0;
+    let mut bits = keep;
+    while bits != 0 {
+        let bit = bits & bits.wrapping_neg();
+        bits ^= bit;
+        if *pending {
+            escaped |= bit;
+            *pending = false;
+        } else if inner_backslash & bit != 0 {
+            *pending = true;
+        }
+    }
+    escaped
+}
+
+/// Bit `i` is the XOR of bits `0..=i`.
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// The lowest set bit and all above it cleared; all ones if `x` is 0.
+fn below_first(x: u64) -> u64 {
+    if x == 0 {
+        !0
+    } else {
+        (x & x.wrapping_neg()) - 1
+    }
+}
+
+/// What the walker needs of one block.
+#[derive(Debug, Default, Clone, Copy)]
+struct Block {
+    /// Real inner quotes (not escaped inside an inner string).
+    quote: u64,
+    /// Brackets outside inner strings.
+    open: u64,
+    close: u64,
+    /// Unescaped quotes: the first one ends the message.
+    end: u64,
+    /// Backslashes of the event's text (escaped ones in the message).
+    inner_backslash: u64,
+}
+
+/// The blocks of one message, computed in order as the walker moves forward.
+struct Scanner<'a> {
+    buf: &'a [u8],
+    /// Offset of the current block (blocks start at the message's first byte).
+    base: usize,
+    blk: Block,
+    loaded: bool,
+    /// The block holding the message's end has been loaded.
+    ended: bool,
+    outer_carry: u64,
+    inner_pending: bool,
+    /// All ones when the previous block ended inside an inner string.
+    in_string: u64,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(buf: &'a [u8], start: usize) -> Self {
+        Scanner {
+            buf,
+            base: start,
+            blk: Block::default(),
+            loaded: false,
+            ended: false,
+            outer_carry: 0,
+            inner_pending: false,
+            in_string: 0,
+        }
+    }
+
+    /// Makes the block holding `pos` current (`pos` is never behind the current block).
+    #[inline]
+    fn load(&mut self, pos: usize) -> Result<(), Bail> {
+        while !self.loaded || pos >= self.base + 64 {
+            if self.loaded {
+                if self.ended {
+                    return Err(Bail);
+                }
+                self.base += 64;
+            }
+            self.next_block()?;
+        }
+        Ok(())
+    }
+
+    fn next_block(&mut self) -> Result<(), Bail> {
+        let len = self.buf.len();
+        if self.base >= len {
+            return Err(Bail);
+        }
+        let mut pad = [0u8; 64];
+        let (bytes, valid): (&[u8; 64], u64) = match self.buf.get(self.base..self.base + 64) {
+            Some(b) => (b.try_into().expect("64 bytes"), !0),
+            None => {
+                let rest = &self.buf[self.base..];
+                pad[..rest.len()].copy_from_slice(rest);
+                (&pad, (1u64 << rest.len()) - 1)
+            }
+        };
+        let c = classify(bytes);
+        let escaped = find_escaped(c.backslash, &mut self.outer_carry);
+        let end = c.quote & !escaped & valid;
+        // Within the message: no control character, no outer escape but \" and \\.
+        let odd = c.control | (escaped & !(c.quote | c.backslash));
+        if odd & valid & below_first(end) != 0 {
+            return Err(Bail);
+        }
+        let inner_backslash = c.backslash & escaped;
+        let mut quote = c.quote & escaped;
+        if inner_backslash != 0 || self.inner_pending {
+            let keep = !(c.backslash & !escaped);
+            quote &= !inner_escaped(keep, inner_backslash, &mut self.inner_pending);
+        }
+        let in_string = prefix_xor(quote) ^ self.in_string;
+        self.in_string = ((in_string as i64) >> 63) as u64;
+        self.blk = Block {
+            quote,
+            open: c.open & !in_string,
+            close: c.close & !in_string,
+            end,
+            inner_backslash,
+        };
+        self.ended = end != 0;
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// The next real inner quote at or after `from`; gives up if the message ends first, or
+    /// (`plain`) if an inner backslash comes first: the string from `from` has an escape.
+    #[inline]
+    fn next_quote(&mut self, mut from: usize, plain: bool) -> Result<usize, Bail> {
+        loop {
+            self.load(from)?;
+            let live = !0u64 << (from - self.base);
+            let m = (self.blk.quote | self.blk.end) & live;
+            let escapes = if plain {
+                self.blk.inner_backslash & live
+            } else {
+                0
+            };
+            if m != 0 {
+                let bit = m.trailing_zeros();
+                if self.blk.end >> bit & 1 != 0 || escapes & ((1u64 << bit) - 1) != 0 {
+                    return Err(Bail);
+                }
+                return Ok(self.base + bit as usize);
+            }
+            if escapes != 0 {
+                return Err(Bail);
+            }
+            from = self.base + 64;
+        }
+    }
+
+    /// Skips the rest of an object or array whose first byte after its opening bracket is at
+    /// `from`; returns the position after its closing bracket.
+    fn skip_container(&mut self, mut from: usize) -> Result<usize, Bail> {
+        let mut depth: u32 = 1;
+        loop {
+            self.load(from)?;
+            let live = !0u64 << (from - self.base);
+            let end = self.blk.end & live;
+            let lim = live & below_first(end);
+            let (open, close) = (self.blk.open & lim, self.blk.close & lim);
+            if close.count_ones() < depth {
+                depth += open.count_ones();
+                depth -= close.count_ones();
+            } else {
+                let mut bits = open | close;
+                while bits != 0 {
+                    let bit = bits.trailing_zeros();
+                    bits &= bits - 1;
+                    if open >> bit & 1 != 0 {
+                        depth += 1;
+                    } else {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(self.base + bit as usize + 1);
+                        }
+                    }
+                }
+            }
+            if end != 0 {
+                return Err(Bail);
+            }
+            from = self.base + 64;
+        }
+    }
+}
+
+/// The walker: the scanner and the message text (valid UTF-8, checked by the caller).
+struct Walk<'a> {
+    s: Scanner<'a>,
+    text: &'a str,
+}
+
+impl<'a> Walk<'a> {
+    fn byte(&self, i: usize) -> Option<u8> {
+        self.text.as_bytes().get(i).copied()
+    }
+
+    /// Reads the object whose `{` is at `open`, calling `on_key(walk, key, value position)` for
+    /// each key; `on_key` returns the position after the value. Returns the position after `}`.
+    fn object(
+        &mut self,
+        open: usize,
+        mut on_key: impl FnMut(&mut Self, &'a str, usize) -> Result<usize, Bail>,
+    ) -> Result<usize, Bail> {
+        let mut i = open + 1;
+        if self.byte(i) == Some(b'}') {
+            return Ok(i + 1);
+        }
+        loop {
+            // A key, `\"...\"`: after `{` or `,`, a backslash and a quote start an inner string.
+            if self.byte(i) != Some(b'\\') || self.byte(i + 1) != Some(b'"') {
+                return Err(Bail);
+            }
+            // An escaped key might spell a field the walker reads: the full parser decides.
+            let close = self.s.next_quote(i + 2, true)?;
+            let key = &self.text[i + 2..close - 1];
+            if self.byte(close + 1) != Some(b':') {
+                return Err(Bail);
+            }
+            let after = on_key(self, key, close + 2)?;
+            match self.byte(after) {
+                Some(b',') => i = after + 1,
+                Some(b'}') => return Ok(after + 1),
+                _ => return Err(Bail),
+            }
+        }
+    }
+
+    /// A string (without escapes) or `null` at `v`, and the position after it.
+    fn string(&mut self, v: usize) -> Result<(Option<&'a str>, usize), Bail> {
+        match self.byte(v) {
+            Some(b'\\') if self.byte(v + 1) == Some(b'"') => {
+                let close = self.s.next_quote(v + 2, true)?;
+                Ok((Some(&self.text[v + 2..close - 1]), close + 1))
+            }
+            Some(b'n') if self.text.as_bytes()[v..].starts_with(b"null") => Ok((None, v + 4)),
+            _ => Err(Bail),
+        }
+    }
+
+    /// Reads a string field into `slot` (a second occurrence is a duplicate field).
+    fn field(
+        &mut self,
+        v: usize,
+        slot: &mut Option<Cow<'a, str>>,
+        seen: &mut u32,
+        bit: u32,
+    ) -> Result<usize, Bail> {
+        once(seen, bit)?;
+        let (s, after) = self.string(v)?;
+        *slot = s.map(Cow::Borrowed);
+        Ok(after)
+    }
+
+    /// A literal (number, `true`, `false`, `null`) at `v`: the position after it.
+    fn literal(&self, v: usize) -> Result<usize, Bail> {
+        let b = self.text.as_bytes();
+        let mut i = v;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b',' | b'}' | b']' => break,
+                b'\\' | b'"' | b'{' | b'[' => return Err(Bail),
+                _ => i += 1,
+            }
+        }
+        if i == v || i == b.len() {
+            return Err(Bail);
+        }
+        Ok(i)
+    }
+
+    /// Skips any value at `v`; returns the position after it.
+    fn skip(&mut self, v: usize) -> Result<usize, Bail> {
+        match self.byte(v) {
+            Some(b'\\') if self.byte(v + 1) == Some(b'"') => {
+                Ok(self.s.next_quote(v + 2, false)? + 1)
+            }
+            Some(b'{' | b'[') => self.s.skip_container(v + 1),
+            Some(_) => self.literal(v),
+            None => Err(Bail),
+        }
+    }
+
+    /// An object field (`sessionContext`, ...): `None` for `null`, else read by `read`.
+    fn nested<T: Default>(
+        &mut self,
+        v: usize,
+        seen: &mut u32,
+        bit: u32,
+        read: impl FnOnce(&mut Self, usize, &mut T) -> Result<usize, Bail>,
+    ) -> Result<(Option<T>, usize), Bail> {
+        once(seen, bit)?;
+        match self.byte(v) {
+            Some(b'{') => {
+                let mut t = T::default();
+                let after = read(self, v, &mut t)?;
+                Ok((Some(t), after))
+            }
+            Some(b'n') if self.text.as_bytes()[v..].starts_with(b"null") => Ok((None, v + 4)),
+            _ => Err(Bail),
+        }
+    }
+
+    fn user_identity(&mut self, open: usize, u: &mut UserIdentity<'a>) -> Result<usize, Bail> {
+        let mut seen = 0;
+        self.object(open, |w, key, v| match key {
+            "type" => w.field(v, &mut u.identity_type, &mut seen, 0),
+            "principalId" => w.field(v, &mut u.principal_id, &mut seen, 1),
+            "arn" => w.field(v, &mut u.arn, &mut seen, 2),
+            "accountId" => w.field(v, &mut u.account_id, &mut seen, 3),
+            "accessKeyId" => w.field(v, &mut u.access_key_id, &mut seen, 4),
+            "userName" => w.field(v, &mut u.user_name, &mut seen, 5),
+            "invokedBy" => w.field(v, &mut u.invoked_by, &mut seen, 6),
+            "sessionContext" => {
+                let (c, after) = w.nested(v, &mut seen, 7, Walk::session_context)?;
+                u.session_context = c;
+                Ok(after)
+            }
+            _ => w.skip(v),
+        })
+    }
+
+    fn session_context(&mut self, open: usize, c: &mut SessionContext<'a>) -> Result<usize, Bail> {
+        let mut seen = 0;
+        self.object(open, |w, key, v| match key {
+            "attributes" => {
+                let (a, after) =
+                    w.nested(v, &mut seen, 0, |w, open, a: &mut SessionAttributes<'a>| {
+                        let mut seen = 0;
+                        w.object(open, |w, key, v| match key {
+                            "creationDate" => w.field(v, &mut a.creation_date, &mut seen, 0),
+                            _ => w.skip(v),
+                        })
+                    })?;
+                c.attributes = a;
+                Ok(after)
+            }
+            "sessionIssuer" => {
+                let (i, after) =
+                    w.nested(v, &mut seen, 1, |w, open, i: &mut SessionIssuer<'a>| {
+                        let mut seen = 0;
+                        w.object(open, |w, key, v| match key {
+                            "type" => w.field(v, &mut i.issuer_type, &mut seen, 0),
+                            "arn" => w.field(v, &mut i.arn, &mut seen, 1),
+                            "userName" => w.field(v, &mut i.user_name, &mut seen, 2),
+                            _ => w.skip(v),
+                        })
+                    })?;
+                c.session_issuer = i;
+                Ok(after)
+            }
+            "ec2RoleDelivery" => w.field(v, &mut c.ec2_role_delivery, &mut seen, 2),
+            "sourceIdentity" => w.field(v, &mut c.source_identity, &mut seen, 3),
+            _ => w.skip(v),
+        })
+    }
+
+    /// `sessionCredentialFromConsole`: a boolean, a string (`"true"` in any case is true) or
+    /// null (false), as [`CloudTrailEvent`]'s lenient reading has it.
+    fn lenient_bool(&mut self, v: usize) -> Result<(bool, usize), Bail> {
+        let b = &self.text.as_bytes()[v..];
+        if b.starts_with(b"true") {
+            return Ok((true, v + 4));
+        }
+        if b.starts_with(b"false") {
+            return Ok((false, v + 5));
+        }
+        let (s, after) = self.string(v)?;
+        Ok((s.is_some_and(|s| s.eq_ignore_ascii_case("true")), after))
+    }
+}
+
+fn once(seen: &mut u32, bit: u32) -> Result<(), Bail> {
+    if *seen >> bit & 1 != 0 {
+        return Err(Bail);
+    }
+    *seen |= 1 << bit;
+    Ok(())
+}
+
+/// [`read_event_into`] into a new event, for tests.
+#[cfg(test)]
+pub(crate) fn read_event(text: &str, start: usize) -> Result<(CloudTrailEvent<'_>, usize), Bail> {
+    let mut ev = CloudTrailEvent::default();
+    let end = read_event_into(text, start, &mut ev)?;
+    Ok((ev, end))
+}
+
+/// Reads the event whose escaped text starts at `start` in `text` (just after the message's
+/// opening quote) into `ev`, a default event (partly filled when it gives up), so that a caller
+/// can read into a slot of its own buffer without moving the event. Returns the position of
+/// the message's closing quote. The event's `requestParameters` and `responseElements` are not
+/// read (`None`): a caller that needs them parses the message in full (see
+/// [`crate::engine::reads_whole_event`]).
+pub(crate) fn read_event_into<'a>(
+    text: &'a str,
+    start: usize,
+    ev: &mut CloudTrailEvent<'a>,
+) -> Result<usize, Bail> {
+    if text.as_bytes().get(start) != Some(&b'{') {
+        return Err(Bail);
+    }
+    let mut w = Walk {
+        s: Scanner::new(text.as_bytes(), start),
+        text,
+    };
+    let mut seen = 0u32;
+    let after = w.object(start, |w, key, v| match key {
+        "eventID" => w.field(v, &mut ev.event_id, &mut seen, 0),
+        "eventTime" => w.field(v, &mut ev.event_time, &mut seen, 1),
+        "eventName" => w.field(v, &mut ev.event_name, &mut seen, 2),
+        "eventSource" => w.field(v, &mut ev.event_source, &mut seen, 3),
+        "eventType" => w.field(v, &mut ev.event_type, &mut seen, 4),
+        "awsRegion" => w.field(v, &mut ev.aws_region, &mut seen, 5),
+        "sourceIPAddress" => w.field(v, &mut ev.source_ip_address, &mut seen, 6),
+        "userAgent" => w.field(v, &mut ev.user_agent, &mut seen, 7),
+        "errorCode" => w.field(v, &mut ev.error_code, &mut seen, 8),
+        "errorMessage" => w.field(v, &mut ev.error_message, &mut seen, 9),
+        "recipientAccountId" => w.field(v, &mut ev.recipient_account_id, &mut seen, 10),
+        "vpcEndpointId" => w.field(v, &mut ev.vpc_endpoint_id, &mut seen, 11),
+        "vpcEndpointAccountId" => w.field(v, &mut ev.vpc_endpoint_account_id, &mut seen, 12),
+        "sessionCredentialFromConsole" => {
+            once(&mut seen, 13)?;
+            let (b, after) = w.lenient_bool(v)?;
+            ev.session_credential_from_console = b;
+            Ok(after)
+        }
+        "userIdentity" => {
+            once(&mut seen, 14)?;
+            if w.byte(v) != Some(b'{') {
+                return Err(Bail);
+            }
+            w.user_identity(v, &mut ev.user_identity)
+        }
+        "requestParameters" => {
+            once(&mut seen, 15)?;
+            w.skip(v)
+        }
+        "responseElements" => {
+            once(&mut seen, 16)?;
+            w.skip(v)
+        }
+        _ => w.skip(v),
+    })?;
+    // The event's `}` is the message's last byte: the next one is its closing quote.
+    if w.byte(after) != Some(b'"') {
+        return Err(Bail);
+    }
+    Ok(after)
+}
+
+/// The position of the closing quote of the JSON string whose content starts at `start`, for a
+/// message the walker gave up on (the outer escapes alone decide where it ends).
+pub(crate) fn string_end(buf: &[u8], start: usize) -> Option<usize> {
+    let mut carry = 0u64;
+    let mut base = start;
+    while base < buf.len() {
+        let mut pad = [0u8; 64];
+        let bytes: &[u8; 64] = match buf.get(base..base + 64) {
+            Some(b) => b.try_into().expect("64 bytes"),
+            None => {
+                let rest = &buf[base..];
+                pad[..rest.len()].copy_from_slice(rest);
+                &pad
+            }
+        };
+        let c = classify(bytes);
+        let end = c.quote & !find_escaped(c.backslash, &mut carry);
+        if end != 0 {
+            let at = base + end.trailing_zeros() as usize;
+            return (at < buf.len()).then_some(at);
+        }
+        base += 64;
+    }
+    None
+}
+
+/// The fields the walker reads, for comparing with the full parser's reading in tests.
+#[cfg(test)]
+pub(crate) fn fields(ev: &CloudTrailEvent<'_>) -> String {
+    let mut s = format!("{ev:?}");
+    // requestParameters and responseElements are left to the full parser.
+    if let Some(i) = s.find(", request_parameters") {
+        s.truncate(i);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `json` as the message string of an envelope: its escaped form, and where its content starts.
+    fn escaped(json: &str) -> String {
+        serde_json::to_string(json).unwrap()
+    }
+
+    fn read(json: &str) -> Result<CloudTrailEvent<'static>, Bail> {
+        let text: &'static str = Box::leak(format!("{}}}", escaped(json)).into_boxed_str());
+        let (ev, end) = read_event(text, 1)?;
+        assert_eq!(end, text.len() - 2, "the message ends at its closing quote");
+        Ok(ev)
+    }
+
+    #[test]
+    fn reads_the_fields_the_full_parser_reads() {
+        let json = r#"{"eventVersion":"1.08","userIdentity":{"type":"AssumedRole","principalId":"AROA:i-1","arn":"arn:aws:sts::1:assumed-role/r/i-1","accountId":"1","accessKeyId":"ASIAX","sessionContext":{"sessionIssuer":{"type":"Role","principalId":"AROA","arn":"arn:aws:iam::1:role/r","accountId":"1","userName":"r"},"webIdFederationData":{},"attributes":{"creationDate":"2024-08-02T08:20:52Z","mfaAuthenticated":"false"},"ec2RoleDelivery":"2.0"}},"eventTime":"2024-08-02T08:23:55Z","eventSource":"s3.amazonaws.com","eventName":"GetObject","awsRegion":"us-east-1","sourceIPAddress":"1.2.3.4","userAgent":"[aws-cli/2.0]","requestParameters":{"bucketName":"b","key":"a \"quoted\" {key} [x] \\ back","nested":[{"a":[1,2,{"b":null}]},"}"]},"responseElements":null,"requestID":"R","eventID":"e1","readOnly":true,"resources":[{"type":"AWS::S3::Object","ARN":"arn:aws:s3:::b/k"}],"eventType":"AwsApiCall","managementEvent":false,"recipientAccountId":"1","vpcEndpointId":"vpce-1","eventCategory":"Data","tlsDetails":{"tlsVersion":"TLSv1.3"},"sessionCredentialFromConsole":"true"}"#;
+        let ev = read(json).unwrap();
+        let full = CloudTrailEvent::parse(json).unwrap();
+        assert_eq!(fields(&ev), fields(&full));
+        assert_eq!(ev.event_id(), "e1");
+        assert_eq!(ev.creation_date(), Some("2024-08-02T08:20:52Z"));
+        assert!(ev.session_credential_from_console);
+        assert!(ev.request_parameters.is_none(), "left to the full parser");
+    }
+
+    #[test]
+    fn gives_up_on_what_only_the_full_parser_can_read() {
+        for json in [
+            // An escape inside a field it reads.
+            r#"{"eventName":"X","userAgent":"a\"b"}"#,
+            // An escaped key that spells a field.
+            r#"{"event\u004eame":"X"}"#,
+            // A duplicate field serde rejects.
+            r#"{"eventName":"X","eventName":"Y"}"#,
+            r#"{"requestParameters":{},"requestParameters":null}"#,
+            // A field of another type.
+            r#"{"eventName":5}"#,
+            r#"{"userIdentity":null}"#,
+            r#"{"userIdentity":{"sessionContext":"x"}}"#,
+            // Whitespace between tokens.
+            r#"{"eventName": "X"}"#,
+            r#" {"eventName":"X"}"#,
+            // Not an object.
+            r#"["eventName"]"#,
+        ] {
+            assert_eq!(read(json).map(|e| fields(&e)), Err(Bail), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_message_cut_short_gives_up_and_its_end_is_found() {
+        let text = escaped(r#"{"eventName":"X","requestParameters":{"a":[1,2"#);
+        let text = format!("{text},\"next\":1}}");
+        assert_eq!(read_event(&text, 1).map(|_| ()), Err(Bail));
+        let end = string_end(text.as_bytes(), 1).unwrap();
+        assert_eq!(&text[end..end + 2], "\",");
+        let cut = "\"{\\\"eventName\\\":\\\"X";
+        assert_eq!(read_event(cut, 1).map(|_| ()), Err(Bail));
+        assert_eq!(string_end(cut.as_bytes(), 1), None);
+    }
+
+    #[test]
+    fn control_characters_and_other_escapes_give_up() {
+        // A raw newline inside the message, and an outer \n (the event pretty-printed).
+        for text in [
+            "\"{\\\"eventName\\\":\\\"X\n\\\"}\"",
+            "\"{\\n\\\"eventName\\\":\\\"X\\\"}\"",
+        ] {
+            assert_eq!(read_event(text, 1).map(|_| ()), Err(Bail), "{text:?}");
+        }
+    }
+
+    fn classes_of(bytes: &[u8]) -> Vec<Classes> {
+        bytes
+            .chunks(64)
+            .map(|c| {
+                let mut b = [0u8; 64];
+                b[..c.len()].copy_from_slice(c);
+                classify_scalar(&b)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn simd_classes_are_the_scalar_ones(bytes in proptest::collection::vec(any::<u8>(), 64)) {
+            let b: [u8; 64] = bytes.try_into().unwrap();
+            prop_assert_eq!(classify_sse2(&b), classify_scalar(&b));
+            prop_assert_eq!(classify(&b), classify_scalar(&b));
+        }
+
+        /// Outer escapes, across blocks, are those of a byte-at-a-time reading.
+        #[test]
+        fn escapes_are_those_of_a_plain_reading(bytes in proptest::collection::vec(
+            prop_oneof![Just(b'\\'), Just(b'"'), Just(b'x')], 0..300)) {
+            let mut want = vec![false; bytes.len()];
+            let mut pending = false;
+            for (i, &b) in bytes.iter().enumerate() {
+                if pending { want[i] = true; pending = false } else if b == b'\\' { pending = true }
+            }
+            let mut carry = 0;
+            let mut got = Vec::new();
+            for c in classes_of(&bytes) {
+                let e = find_escaped(c.backslash, &mut carry);
+                got.extend((0..64).map(|i| e >> i & 1 != 0));
+            }
+            got.truncate(bytes.len());
+            prop_assert_eq!(got, want);
+        }
+
+        /// Any object of strings (with quotes, backslashes, brackets and non-ASCII in them),
+        /// numbers, nested objects and arrays: the walker reads what the full parser reads,
+        /// and finds the message's end.
+        #[test]
+        fn reads_what_the_full_parser_reads(
+            name in "[A-Za-z]{1,12}",
+            agent in "[ -~é]{0,20}",
+            params in proptest::collection::vec(("[a-z]{1,6}", "[ -~\\\\\"{}\\[\\]é]{0,40}", 0u32..3), 0..12),
+            ip in "[0-9.]{1,15}",
+        ) {
+            let mut p = serde_json::Map::new();
+            for (k, v, shape) in params {
+                let v = match shape {
+                    0 => serde_json::json!(v),
+                    1 => serde_json::json!({"x": [v, 1, {"y": null}], "z": true}),
+                    _ => serde_json::json!([[v], [], {}]),
+                };
+                p.insert(k, v);
+            }
+            let ev = serde_json::json!({
+                "eventVersion": "1.08",
+                "userIdentity": {"type": "AssumedRole", "accessKeyId": "ASIAX",
+                    "sessionContext": {"attributes": {"creationDate": "2024-08-02T08:20:52Z"}}},
+                "eventTime": "2024-08-02T08:23:55Z",
+                "eventName": name,
+                "userAgent": agent,
+                "requestParameters": p,
+                "sourceIPAddress": ip,
+                "eventID": "e",
+                "readOnly": false,
+            });
+            let json = ev.to_string();
+            let full = CloudTrailEvent::parse(&json).unwrap();
+            let got = read(&json);
+            if agent.contains(['"', '\\']) {
+                prop_assert_eq!(got.map(|e| fields(&e)), Err(Bail));
+            } else {
+                prop_assert_eq!(fields(&got.unwrap()), fields(&full));
+            }
+        }
+    }
+}
