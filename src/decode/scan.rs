@@ -60,6 +60,7 @@ fn classify(b: &[u8; 64]) -> Classes {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 fn classify_avx2(b: &[u8; 64]) -> Classes {
     use std::arch::x86_64::{
         __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_min_epu8, _mm256_movemask_epi8,
@@ -221,7 +222,8 @@ struct Block {
 }
 
 /// The blocks of one message, computed in order as the walker moves forward.
-struct Scanner<'a> {
+/// `AVX2`: classify with AVX2 (only in code compiled for it: [`read_event_into`]).
+struct Scanner<'a, const AVX2: bool> {
     buf: &'a [u8],
     /// Offset of the current block (blocks start at the message's first byte).
     base: usize,
@@ -235,7 +237,8 @@ struct Scanner<'a> {
     in_string: u64,
 }
 
-impl<'a> Scanner<'a> {
+impl<'a, const AVX2: bool> Scanner<'a, AVX2> {
+    #[inline(always)]
     fn new(buf: &'a [u8], start: usize) -> Self {
         Scanner {
             buf,
@@ -250,7 +253,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Makes the block holding `pos` current (`pos` is never behind the current block).
-    #[inline]
+    #[inline(always)]
     fn load(&mut self, pos: usize) -> Result<(), Bail> {
         while !self.loaded || pos >= self.base + 64 {
             if self.loaded {
@@ -264,6 +267,7 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
+    #[inline(always)]
     fn next_block(&mut self) -> Result<(), Bail> {
         let len = self.buf.len();
         if self.base >= len {
@@ -278,6 +282,14 @@ impl<'a> Scanner<'a> {
                 (&pad, (1u64 << rest.len()) - 1)
             }
         };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a scanner with AVX2 is only made where the CPU has it ([`read_event_into`]).
+        let c = if AVX2 {
+            unsafe { classify_avx2(bytes) }
+        } else {
+            classify_sse2(bytes)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
         let c = classify(bytes);
         let escaped = find_escaped(c.backslash, &mut self.outer_carry);
         let end = c.quote & !escaped & valid;
@@ -308,7 +320,7 @@ impl<'a> Scanner<'a> {
 
     /// The next real inner quote at or after `from`; gives up if the message ends first, or
     /// (`plain`) if an inner backslash comes first: the string from `from` has an escape.
-    #[inline]
+    #[inline(always)]
     fn next_quote(&mut self, mut from: usize, plain: bool) -> Result<usize, Bail> {
         loop {
             self.load(from)?;
@@ -335,6 +347,7 @@ impl<'a> Scanner<'a> {
 
     /// Skips the rest of an object or array whose first byte after its opening bracket is at
     /// `from`; returns the position after its closing bracket.
+    #[inline(always)]
     fn skip_container(&mut self, mut from: usize) -> Result<usize, Bail> {
         let mut depth: u32 = 1;
         loop {
@@ -369,49 +382,79 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Where an object's walk is: at a key (and the position of its value), or past its `}`.
+enum Next<'a> {
+    Key(&'a str, usize),
+    End(usize),
+}
+
+/// Walks the object whose `{` is at `open` with walker `w`: for each key, `body` (with `key`
+/// and `v`, the position of its value) gives the position after the value; the whole is the
+/// position after the object's `}`. A loop, not a closure, so that the walk compiles into the
+/// function that calls it (with its CPU features, see [`read_event_into`]); `?` in `body`
+/// returns from that function.
+macro_rules! each_key {
+    ($walk:expr, $open:expr, |$w:ident, $key:ident, $v:ident| $body:expr) => {{
+        let $w = &mut *$walk;
+        let mut next = $w.first_key($open)?;
+        loop {
+            let ($key, $v) = match next {
+                Next::Key(k, v) => (k, v),
+                Next::End(end) => break end,
+            };
+            let after: usize = $body;
+            next = $w.next_key(after)?;
+        }
+    }};
+}
+
 /// The walker: the scanner and the message text (valid UTF-8, checked by the caller).
-struct Walk<'a> {
-    s: Scanner<'a>,
+struct Walk<'a, const AVX2: bool> {
+    s: Scanner<'a, AVX2>,
     text: &'a str,
 }
 
-impl<'a> Walk<'a> {
+impl<'a, const AVX2: bool> Walk<'a, AVX2> {
+    #[inline(always)]
     fn byte(&self, i: usize) -> Option<u8> {
         self.text.as_bytes().get(i).copied()
     }
 
-    /// Reads the object whose `{` is at `open`, calling `on_key(walk, key, value position)` for
-    /// each key; `on_key` returns the position after the value. Returns the position after `}`.
-    fn object(
-        &mut self,
-        open: usize,
-        mut on_key: impl FnMut(&mut Self, &'a str, usize) -> Result<usize, Bail>,
-    ) -> Result<usize, Bail> {
-        let mut i = open + 1;
-        if self.byte(i) == Some(b'}') {
-            return Ok(i + 1);
+    /// The key at `i` (a backslash and a quote: an inner string) and the position of its value.
+    #[inline(always)]
+    fn key(&mut self, i: usize) -> Result<(&'a str, usize), Bail> {
+        if self.byte(i) != Some(b'\\') || self.byte(i + 1) != Some(b'"') {
+            return Err(Bail);
         }
-        loop {
-            // A key, `\"...\"`: after `{` or `,`, a backslash and a quote start an inner string.
-            if self.byte(i) != Some(b'\\') || self.byte(i + 1) != Some(b'"') {
-                return Err(Bail);
-            }
-            // An escaped key might spell a field the walker reads: the full parser decides.
-            let close = self.s.next_quote(i + 2, true)?;
-            let key = &self.text[i + 2..close - 1];
-            if self.byte(close + 1) != Some(b':') {
-                return Err(Bail);
-            }
-            let after = on_key(self, key, close + 2)?;
-            match self.byte(after) {
-                Some(b',') => i = after + 1,
-                Some(b'}') => return Ok(after + 1),
-                _ => return Err(Bail),
-            }
+        // An escaped key might spell a field the walker reads: the full parser decides.
+        let close = self.s.next_quote(i + 2, true)?;
+        if self.byte(close + 1) != Some(b':') {
+            return Err(Bail);
+        }
+        Ok((&self.text[i + 2..close - 1], close + 2))
+    }
+
+    /// The first key of the object whose `{` is at `open`, or the end of an empty one.
+    #[inline(always)]
+    fn first_key(&mut self, open: usize) -> Result<Next<'a>, Bail> {
+        if self.byte(open + 1) == Some(b'}') {
+            return Ok(Next::End(open + 2));
+        }
+        self.key(open + 1).map(|(k, v)| Next::Key(k, v))
+    }
+
+    /// After a value ending at `after`: the next key, or the end of the object.
+    #[inline(always)]
+    fn next_key(&mut self, after: usize) -> Result<Next<'a>, Bail> {
+        match self.byte(after) {
+            Some(b',') => self.key(after + 1).map(|(k, v)| Next::Key(k, v)),
+            Some(b'}') => Ok(Next::End(after + 1)),
+            _ => Err(Bail),
         }
     }
 
     /// A string (without escapes) or `null` at `v`, and the position after it.
+    #[inline(always)]
     fn string(&mut self, v: usize) -> Result<(Option<&'a str>, usize), Bail> {
         match self.byte(v) {
             Some(b'\\') if self.byte(v + 1) == Some(b'"') => {
@@ -424,6 +467,7 @@ impl<'a> Walk<'a> {
     }
 
     /// Reads a string field into `slot` (a second occurrence is a duplicate field).
+    #[inline(always)]
     fn field(
         &mut self,
         v: usize,
@@ -438,6 +482,7 @@ impl<'a> Walk<'a> {
     }
 
     /// A literal (number, `true`, `false`, `null`) at `v`: the position after it.
+    #[inline(always)]
     fn literal(&self, v: usize) -> Result<usize, Bail> {
         let b = self.text.as_bytes();
         let mut i = v;
@@ -455,6 +500,7 @@ impl<'a> Walk<'a> {
     }
 
     /// Skips any value at `v`; returns the position after it.
+    #[inline(always)]
     fn skip(&mut self, v: usize) -> Result<usize, Bail> {
         match self.byte(v) {
             Some(b'\\') if self.byte(v + 1) == Some(b'"') => {
@@ -466,82 +512,83 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// An object field (`sessionContext`, ...): `None` for `null`, else read by `read`.
-    fn nested<T: Default>(
-        &mut self,
-        v: usize,
-        seen: &mut u32,
-        bit: u32,
-        read: impl FnOnce(&mut Self, usize, &mut T) -> Result<usize, Bail>,
-    ) -> Result<(Option<T>, usize), Bail> {
+    /// An object field (`sessionContext`, ...) at `v`, seen once: `Ok(Some(v))` for an
+    /// object (its `{` at `v`), `Ok(None)` for `null` (4 bytes).
+    #[inline(always)]
+    fn object_or_null(&self, v: usize, seen: &mut u32, bit: u32) -> Result<Option<usize>, Bail> {
         once(seen, bit)?;
         match self.byte(v) {
-            Some(b'{') => {
-                let mut t = T::default();
-                let after = read(self, v, &mut t)?;
-                Ok((Some(t), after))
-            }
-            Some(b'n') if self.text.as_bytes()[v..].starts_with(b"null") => Ok((None, v + 4)),
+            Some(b'{') => Ok(Some(v)),
+            Some(b'n') if self.text.as_bytes()[v..].starts_with(b"null") => Ok(None),
             _ => Err(Bail),
         }
     }
 
+    #[inline(always)]
     fn user_identity(&mut self, open: usize, u: &mut UserIdentity<'a>) -> Result<usize, Bail> {
         let mut seen = 0;
-        self.object(open, |w, key, v| match key {
-            "type" => w.field(v, &mut u.identity_type, &mut seen, 0),
-            "principalId" => w.field(v, &mut u.principal_id, &mut seen, 1),
-            "arn" => w.field(v, &mut u.arn, &mut seen, 2),
-            "accountId" => w.field(v, &mut u.account_id, &mut seen, 3),
-            "accessKeyId" => w.field(v, &mut u.access_key_id, &mut seen, 4),
-            "userName" => w.field(v, &mut u.user_name, &mut seen, 5),
-            "invokedBy" => w.field(v, &mut u.invoked_by, &mut seen, 6),
-            "sessionContext" => {
-                let (c, after) = w.nested(v, &mut seen, 7, Walk::session_context)?;
-                u.session_context = c;
-                Ok(after)
-            }
-            _ => w.skip(v),
-        })
+        Ok(each_key!(self, open, |w, key, v| match key {
+            "type" => w.field(v, &mut u.identity_type, &mut seen, 0)?,
+            "principalId" => w.field(v, &mut u.principal_id, &mut seen, 1)?,
+            "arn" => w.field(v, &mut u.arn, &mut seen, 2)?,
+            "accountId" => w.field(v, &mut u.account_id, &mut seen, 3)?,
+            "accessKeyId" => w.field(v, &mut u.access_key_id, &mut seen, 4)?,
+            "userName" => w.field(v, &mut u.user_name, &mut seen, 5)?,
+            "invokedBy" => w.field(v, &mut u.invoked_by, &mut seen, 6)?,
+            "sessionContext" => match w.object_or_null(v, &mut seen, 7)? {
+                Some(open) => {
+                    let mut c = SessionContext::default();
+                    let after = w.session_context(open, &mut c)?;
+                    u.session_context = Some(c);
+                    after
+                }
+                None => v + 4,
+            },
+            _ => w.skip(v)?,
+        }))
     }
 
+    #[inline(always)]
     fn session_context(&mut self, open: usize, c: &mut SessionContext<'a>) -> Result<usize, Bail> {
         let mut seen = 0;
-        self.object(open, |w, key, v| match key {
-            "attributes" => {
-                let (a, after) =
-                    w.nested(v, &mut seen, 0, |w, open, a: &mut SessionAttributes<'a>| {
-                        let mut seen = 0;
-                        w.object(open, |w, key, v| match key {
-                            "creationDate" => w.field(v, &mut a.creation_date, &mut seen, 0),
-                            _ => w.skip(v),
-                        })
-                    })?;
-                c.attributes = a;
-                Ok(after)
-            }
-            "sessionIssuer" => {
-                let (i, after) =
-                    w.nested(v, &mut seen, 1, |w, open, i: &mut SessionIssuer<'a>| {
-                        let mut seen = 0;
-                        w.object(open, |w, key, v| match key {
-                            "type" => w.field(v, &mut i.issuer_type, &mut seen, 0),
-                            "arn" => w.field(v, &mut i.arn, &mut seen, 1),
-                            "userName" => w.field(v, &mut i.user_name, &mut seen, 2),
-                            _ => w.skip(v),
-                        })
-                    })?;
-                c.session_issuer = i;
-                Ok(after)
-            }
-            "ec2RoleDelivery" => w.field(v, &mut c.ec2_role_delivery, &mut seen, 2),
-            "sourceIdentity" => w.field(v, &mut c.source_identity, &mut seen, 3),
-            _ => w.skip(v),
-        })
+        Ok(each_key!(self, open, |w, key, v| match key {
+            "attributes" => match w.object_or_null(v, &mut seen, 0)? {
+                Some(open) => {
+                    let mut a = SessionAttributes::default();
+                    let mut seen = 0;
+                    let after = each_key!(w, open, |w, key, v| match key {
+                        "creationDate" => w.field(v, &mut a.creation_date, &mut seen, 0)?,
+                        _ => w.skip(v)?,
+                    });
+                    c.attributes = Some(a);
+                    after
+                }
+                None => v + 4,
+            },
+            "sessionIssuer" => match w.object_or_null(v, &mut seen, 1)? {
+                Some(open) => {
+                    let mut i = SessionIssuer::default();
+                    let mut seen = 0;
+                    let after = each_key!(w, open, |w, key, v| match key {
+                        "type" => w.field(v, &mut i.issuer_type, &mut seen, 0)?,
+                        "arn" => w.field(v, &mut i.arn, &mut seen, 1)?,
+                        "userName" => w.field(v, &mut i.user_name, &mut seen, 2)?,
+                        _ => w.skip(v)?,
+                    });
+                    c.session_issuer = Some(i);
+                    after
+                }
+                None => v + 4,
+            },
+            "ec2RoleDelivery" => w.field(v, &mut c.ec2_role_delivery, &mut seen, 2)?,
+            "sourceIdentity" => w.field(v, &mut c.source_identity, &mut seen, 3)?,
+            _ => w.skip(v)?,
+        }))
     }
 
     /// `sessionCredentialFromConsole`: a boolean, a string (`"true"` in any case is true) or
     /// null (false), as [`CloudTrailEvent`]'s lenient reading has it.
+    #[inline(always)]
     fn lenient_bool(&mut self, v: usize) -> Result<(bool, usize), Bail> {
         let b = &self.text.as_bytes()[v..];
         if b.starts_with(b"true") {
@@ -582,51 +629,76 @@ pub(crate) fn read_event_into<'a>(
     start: usize,
     ev: &mut CloudTrailEvent<'a>,
 ) -> Result<usize, Bail> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("popcnt")
+        && std::arch::is_x86_feature_detected!("bmi1")
+    {
+        // SAFETY: the CPU has the features `read_avx2` is compiled for, checked just above.
+        return unsafe { read_avx2(text, start, ev) };
+    }
+    read_with::<false>(text, start, ev)
+}
+
+/// The whole walk compiled for AVX2, POPCNT and BMI1 (its methods are inlined here), so that
+/// the block classes, bit counts and bit scans are single instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt,bmi1")]
+fn read_avx2<'a>(text: &'a str, start: usize, ev: &mut CloudTrailEvent<'a>) -> Result<usize, Bail> {
+    read_with::<true>(text, start, ev)
+}
+
+#[inline(always)]
+fn read_with<'a, const AVX2: bool>(
+    text: &'a str,
+    start: usize,
+    ev: &mut CloudTrailEvent<'a>,
+) -> Result<usize, Bail> {
     if text.as_bytes().get(start) != Some(&b'{') {
         return Err(Bail);
     }
-    let mut w = Walk {
+    let mut w = Walk::<'a, AVX2> {
         s: Scanner::new(text.as_bytes(), start),
         text,
     };
     let mut seen = 0u32;
-    let after = w.object(start, |w, key, v| match key {
-        "eventID" => w.field(v, &mut ev.event_id, &mut seen, 0),
-        "eventTime" => w.field(v, &mut ev.event_time, &mut seen, 1),
-        "eventName" => w.field(v, &mut ev.event_name, &mut seen, 2),
-        "eventSource" => w.field(v, &mut ev.event_source, &mut seen, 3),
-        "eventType" => w.field(v, &mut ev.event_type, &mut seen, 4),
-        "awsRegion" => w.field(v, &mut ev.aws_region, &mut seen, 5),
-        "sourceIPAddress" => w.field(v, &mut ev.source_ip_address, &mut seen, 6),
-        "userAgent" => w.field(v, &mut ev.user_agent, &mut seen, 7),
-        "errorCode" => w.field(v, &mut ev.error_code, &mut seen, 8),
-        "errorMessage" => w.field(v, &mut ev.error_message, &mut seen, 9),
-        "recipientAccountId" => w.field(v, &mut ev.recipient_account_id, &mut seen, 10),
-        "vpcEndpointId" => w.field(v, &mut ev.vpc_endpoint_id, &mut seen, 11),
-        "vpcEndpointAccountId" => w.field(v, &mut ev.vpc_endpoint_account_id, &mut seen, 12),
+    let after = each_key!(&mut w, start, |w, key, v| match key {
+        "eventID" => w.field(v, &mut ev.event_id, &mut seen, 0)?,
+        "eventTime" => w.field(v, &mut ev.event_time, &mut seen, 1)?,
+        "eventName" => w.field(v, &mut ev.event_name, &mut seen, 2)?,
+        "eventSource" => w.field(v, &mut ev.event_source, &mut seen, 3)?,
+        "eventType" => w.field(v, &mut ev.event_type, &mut seen, 4)?,
+        "awsRegion" => w.field(v, &mut ev.aws_region, &mut seen, 5)?,
+        "sourceIPAddress" => w.field(v, &mut ev.source_ip_address, &mut seen, 6)?,
+        "userAgent" => w.field(v, &mut ev.user_agent, &mut seen, 7)?,
+        "errorCode" => w.field(v, &mut ev.error_code, &mut seen, 8)?,
+        "errorMessage" => w.field(v, &mut ev.error_message, &mut seen, 9)?,
+        "recipientAccountId" => w.field(v, &mut ev.recipient_account_id, &mut seen, 10)?,
+        "vpcEndpointId" => w.field(v, &mut ev.vpc_endpoint_id, &mut seen, 11)?,
+        "vpcEndpointAccountId" => w.field(v, &mut ev.vpc_endpoint_account_id, &mut seen, 12)?,
         "sessionCredentialFromConsole" => {
             once(&mut seen, 13)?;
             let (b, after) = w.lenient_bool(v)?;
             ev.session_credential_from_console = b;
-            Ok(after)
+            after
         }
         "userIdentity" => {
             once(&mut seen, 14)?;
             if w.byte(v) != Some(b'{') {
                 return Err(Bail);
             }
-            w.user_identity(v, &mut ev.user_identity)
+            w.user_identity(v, &mut ev.user_identity)?
         }
         "requestParameters" => {
             once(&mut seen, 15)?;
-            w.skip(v)
+            w.skip(v)?
         }
         "responseElements" => {
             once(&mut seen, 16)?;
-            w.skip(v)
+            w.skip(v)?
         }
-        _ => w.skip(v),
-    })?;
+        _ => w.skip(v)?,
+    });
     // The event's `}` is the message's last byte: the next one is its closing quote.
     if w.byte(after) != Some(b'"') {
         return Err(Bail);

@@ -3,6 +3,8 @@
 //! Temporary keys start with `ASIA`; long-term IAM user keys with `AKIA`.
 //! <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_identifiers.html#identifiers-unique-ids>
 
+use std::borrow::Cow;
+
 use crate::config::DetectionConfig;
 use crate::event::CloudTrailEvent;
 
@@ -89,11 +91,11 @@ pub struct Credential<'a> {
     pub class: CredentialClass,
     /// The session key text: `account:role/i-…` for instance sessions (one lock across key
     /// rotations), else the access key id.
-    pub session_key: String,
+    pub session_key: Cow<'a, str>,
     /// How the session is shown to people: `role/i-…` or the access key id.
-    pub session_display: String,
+    pub session_display: Cow<'a, str>,
     /// Lower-case instance id for EC2 sessions.
-    pub instance_id: Option<String>,
+    pub instance_id: Option<Cow<'a, str>>,
     /// Role name of an assumed-role session.
     pub role: Option<&'a str>,
     /// Whether the user agent carries a Lambda runtime marker.
@@ -147,8 +149,8 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Optio
         return Some(Credential {
             access_key_id: key,
             class: CredentialClass::LongTerm,
-            session_key: key.to_string(),
-            session_display: key.to_string(),
+            session_key: Cow::Borrowed(key),
+            session_display: Cow::Borrowed(key),
             instance_id: None,
             role: None,
             lambda_runtime,
@@ -177,17 +179,28 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Optio
         .is_some_and(|v| !v.is_empty());
     if let Some((role, session)) = role_parts {
         if is_instance_id(session) || (ec2_delivery && session.starts_with("i-")) {
-            let instance = session.to_ascii_lowercase();
             let class = if role == "aws:ec2-instance" {
                 CredentialClass::Ec2Identity
             } else {
                 CredentialClass::Ec2Instance
             };
+            // `role/session` as the ARN ends, borrowed when the id is already lower case (as
+            // EC2 writes it).
+            let (instance, display) = if session.bytes().any(|b| b.is_ascii_uppercase()) {
+                let instance = session.to_ascii_lowercase();
+                let display = concat(&[role, "/", &instance]);
+                (Cow::Owned(instance), Cow::Owned(display))
+            } else {
+                (
+                    Cow::Borrowed(session),
+                    Cow::Borrowed(&arn[arn.len() - role.len() - 1 - session.len()..]),
+                )
+            };
             return Some(Credential {
                 access_key_id: key,
                 class,
-                session_key: concat(&[account, ":", role, "/", &instance]),
-                session_display: concat(&[role, "/", &instance]),
+                session_key: Cow::Owned(concat(&[account, ":", &display])),
+                session_display: display,
                 instance_id: Some(instance),
                 role: Some(role),
                 lambda_runtime,
@@ -224,8 +237,8 @@ fn simple<'a>(
     Credential {
         access_key_id: key,
         class,
-        session_key: key.to_string(),
-        session_display: key.to_string(),
+        session_key: Cow::Borrowed(key),
+        session_display: Cow::Borrowed(key),
         instance_id: None,
         role: role_parts.map(|p| p.0),
         lambda_runtime,
@@ -243,7 +256,7 @@ mod tests {
         );
         let ev = CloudTrailEvent::parse(&json).unwrap();
         let cfg = DetectionConfig::default();
-        classify(&ev, &cfg).map(|c| (c.class, c.session_display))
+        classify(&ev, &cfg).map(|c| (c.class, c.session_display.into_owned()))
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub(crate) fn check(
             ("workload_get_caller_identity", Some(c)) => {
                 let parts = vec![
                     hit.rule.to_string(),
-                    c.session_key.clone(),
+                    c.session_key.to_string(),
                     origin.to_string(),
                 ];
                 (parts.clone(), parts)
@@ -208,7 +208,7 @@ pub(crate) fn check(
             title,
             account_id: own_account.map(str::to_string),
             access_key_id: ev.access_key_id().map(str::to_string),
-            session: cred.map(|c| c.session_display.clone()),
+            session: cred.map(|c| c.session_display.to_string()),
             credential_class: cred.map(|c| c.class.as_str().to_string()),
             principal_arn: ev.arn().map(str::to_string),
             error_code,

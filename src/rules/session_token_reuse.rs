@@ -333,8 +333,8 @@ pub(crate) fn issued(
     let cred = Credential {
         access_key_id: key,
         class: CredentialClass::Lambda,
-        session_key: key.to_string(),
-        session_display: key.to_string(),
+        session_key: key.into(),
+        session_display: key.into(),
         instance_id: None,
         role,
         lambda_runtime: true,
@@ -472,7 +472,7 @@ fn base(ev: &CloudTrailEvent<'_>, cred: &Credential<'_>, t: i64) -> Finding {
         title: String::new(),
         account_id: ev.account_id().map(str::to_string),
         access_key_id: Some(cred.access_key_id.to_string()),
-        session: Some(cred.session_display.clone()),
+        session: Some(cred.session_display.to_string()),
         credential_class: Some(cred.class.as_str().to_string()),
         principal_arn: ev.arn().map(str::to_string),
         error_code: ev
@@ -592,7 +592,7 @@ fn contend(
             None => return,
         }
     };
-    let keyed = (cred.session_key == cred.access_key_id).then_some(cred.session_key.as_str());
+    let keyed = (cred.session_key == cred.access_key_id).then_some(&*cred.session_key);
     let home = sighting_of_home(
         &stored,
         value_text(crate::engine::store::value_of(&stored).as_ref()),
@@ -601,10 +601,10 @@ fn contend(
     );
     let this = this_sighting(ev, origin, tag, value.as_ref(), t, pos, expires);
     let base = Contest {
-        session_key: cred.session_key.clone(),
-        session_display: cred.session_display.clone(),
+        session_key: cred.session_key.to_string(),
+        session_display: cred.session_display.to_string(),
         credential_class: cred.class.as_str().to_string(),
-        instance_id: cred.instance_id.clone(),
+        instance_id: cred.instance_id.as_deref().map(str::to_string),
         role: cred.role.map(str::to_string),
         account_id: ev.account_id().map(str::to_string),
         principal_arn: ev.arn().map(str::to_string),

@@ -99,8 +99,8 @@ pub(crate) fn check(
     };
     let c = Candidate {
         access_key_id: cred.access_key_id.to_string(),
-        session_key: cred.session_key.clone(),
-        session_display: cred.session_display.clone(),
+        session_key: cred.session_key.to_string(),
+        session_display: cred.session_display.to_string(),
         account_id: ev.account_id().map(str::to_string),
         principal_arn: ev.arn().map(str::to_string),
         error_code: ev
