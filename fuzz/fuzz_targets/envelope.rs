@@ -1,12 +1,13 @@
 //! A Kinesis record as a CloudWatch Logs subscription writes it (gzip'd JSON envelope), decoded
-//! and every event it gives judged by the engine, as `run` does. The input is the record's
+//! and every event it gives judged by the engine, as `run` does; and the consumer's path, which
+//! reads events in place from the escaped messages, checked against the full decoder. The input is the record's
 //! decompressed body, gzip'd here, so that the fuzzer works on the JSON.
 #![no_main]
 use std::sync::OnceLock;
 
 use credwatch::app::process_event;
 use credwatch::config::Config;
-use credwatch::decode::cloudwatch_envelope::{decode_record, Scratch};
+use credwatch::decode::cloudwatch_envelope::{assert_read_agrees, decode_record, Scratch};
 use credwatch::decode::Limits;
 use credwatch::engine::Engine;
 use libfuzzer_sys::fuzz_target;
@@ -42,4 +43,5 @@ fuzz_target!(|data: &[u8]| {
         },
         |_| {},
     );
+    assert_read_agrees(&record, &limits, "fuzz");
 });

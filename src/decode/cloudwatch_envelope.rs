@@ -824,6 +824,57 @@ pub fn decode_record_read(
     result
 }
 
+/// Checks that [`decode_record_read`] gives for `data` what [`decode_record`] gives: the same
+/// result, the same set-aside events, and each event either the same text or read in place with
+/// the fields the full parser reads from that text (unless the full parser rejects the text: the
+/// scanner does not check the grammar of the values it skips, see [`super::scan`]). Panics on a
+/// difference; returns how many events were read in place. One check for the unit tests and the
+/// fuzz target.
+#[doc(hidden)]
+pub fn assert_read_agrees(data: &[u8], limits: &Limits, position: &str) -> usize {
+    let mut scratch = Scratch::default();
+    let (mut texts, mut bad) = (Vec::new(), Vec::new());
+    let result = decode_record(
+        data,
+        limits,
+        position,
+        &mut scratch,
+        |ev| texts.push((ev.index, ev.json.into_owned())),
+        |b| bad.push(b),
+    );
+    let (mut read, mut read_bad) = (Vec::new(), Vec::new());
+    let read_result = decode_record_read(
+        data,
+        limits,
+        position,
+        &mut scratch,
+        |ev| {
+            read.push(match ev {
+                Decoded::Text(raw) => (raw.index, Ok(raw.json.into_owned())),
+                Decoded::Read { event, index } => (index, Err(super::scan::fields(event))),
+            })
+        },
+        |b| read_bad.push(b),
+    );
+    assert_eq!(read_result, result);
+    assert_eq!(read_bad, bad);
+    assert_eq!(read.len(), texts.len());
+    let mut in_place = 0;
+    for ((i, got), (j, text)) in read.into_iter().zip(&texts) {
+        assert_eq!(i, *j);
+        match got {
+            Ok(t) => assert_eq!(&t, text),
+            Err(fields) => {
+                in_place += 1;
+                if let Ok(full) = serde_json::from_str::<CloudTrailEvent>(text) {
+                    assert_eq!(fields, super::scan::fields(&full), "{text}");
+                }
+            }
+        }
+    }
+    in_place
+}
+
 /// An envelope read by [`read_envelope`] (its log events are in the caller's buffers).
 struct FastEnvelope<'a> {
     owner: Option<&'a str>,
@@ -1075,38 +1126,8 @@ mod tests {
             |b| bad.push(b),
         );
         out.bad = bad;
-        // The consumer's path gives the same: result, set-aside events, and each event as text
-        // or read in place with the fields the full parser reads from that text.
-        let (mut read_events, mut read_bad) = (Vec::new(), Vec::new());
-        let read_result = decode_record_read(
-            data,
-            limits,
-            position,
-            &mut scratch,
-            |ev| {
-                read_events.push(match ev {
-                    Decoded::Text(raw) => (raw.index, Ok(raw.json.into_owned())),
-                    Decoded::Read { event, index } => {
-                        (index, Err(super::super::scan::fields(event)))
-                    }
-                })
-            },
-            |b| read_bad.push(b),
-        );
-        assert_eq!(read_result, result);
-        assert_eq!(read_bad, out.bad);
-        assert_eq!(read_events.len(), out.events.len());
-        for ((i, got), (j, text)) in read_events.into_iter().zip(&out.events) {
-            assert_eq!(i, *j);
-            match got {
-                Ok(t) => assert_eq!(&t, text),
-                Err(fields) => assert_eq!(
-                    fields,
-                    super::super::scan::fields(&serde_json::from_str(text).unwrap()),
-                    "{text}"
-                ),
-            }
-        }
+        // The consumer's path gives the same.
+        assert_read_agrees(data, limits, position);
         (result, out)
     }
 
@@ -1150,20 +1171,11 @@ mod tests {
             let (result, out) = decode(&data, &Limits::default());
             assert_eq!(result.unwrap().events, chunk.len());
             assert_eq!(out.events.len(), chunk.len());
-            let mut scratch = Scratch::default();
-            let _ = decode_record_read(
-                &data,
-                &Limits::default(),
-                "p",
-                &mut scratch,
-                |ev| match ev {
-                    Decoded::Read { .. } => read += 1,
-                    Decoded::Text(_) => whole += 1,
-                },
-                |_| {},
-            );
+            let in_place = assert_read_agrees(&data, &Limits::default(), "p");
+            read += in_place;
+            whole += chunk.len() - in_place;
         }
-        // The events the engine reads whole (control-plane calls, AssumeRole, the event rules'
+        // The events the engine reads whole (control-plane calls, issuances, the event rules
         // names) and those with an escape in a field read: text; the rest in place.
         assert!(read > whole, "{read} read in place, {whole} as text");
     }

@@ -732,8 +732,8 @@ pub(crate) fn string_end(buf: &[u8], start: usize) -> Option<usize> {
     None
 }
 
-/// The fields the walker reads, for comparing with the full parser's reading in tests.
-#[cfg(test)]
+/// The fields the walker reads, for comparing with the full parser's reading
+/// ([`super::cloudwatch_envelope::assert_read_agrees`]).
 pub(crate) fn fields(ev: &CloudTrailEvent<'_>) -> String {
     let mut s = format!("{ev:?}");
     // requestParameters and responseElements are left to the full parser.
