@@ -3,9 +3,10 @@
 //! so a record is judged the same way whichever way it arrived.
 //!
 //! ```text
-//!  files ──decode_file──┐                         ┌─> findings (stdout / JSON lines / webhooks)
-//!                       ├─> RawEvent ─> Engine ───┤
-//!  Kinesis ─decode_record┘   (shared DashMap)     └─> bad records (counted, dead-lettered)
+//!  files ──decode_file──────┐                         ┌─> findings (stdout / JSON lines / webhooks)
+//!                           ├─> RawEvent ─> Engine ───┤
+//!  Kinesis ─decode_record_read┘  or Decoded   (shared    └─> bad records (counted, dead-lettered)
+//!           (fields read in place)            DashMap)
 //! ```
 
 use crate::decode::cloudwatch_envelope::Decoded;
