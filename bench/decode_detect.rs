@@ -170,12 +170,15 @@ fn gunzip_all(records: &[Vec<u8>], d: &mut libdeflater::Decompressor, out: &mut 
     n
 }
 
-/// Decodes and judges every record; returns the findings by rule.
+/// Decodes and judges every record; returns the findings by rule. `whole`: the way the consumer
+/// worked before events were read in place, every message unescaped into a text and parsed
+/// whole (`decode_record`, `process_event`).
 fn decode_detect_all(
     records: &[Vec<u8>],
     engine: &Engine,
     scratch: &mut Scratch,
     limits: &Limits,
+    whole: bool,
 ) -> BTreeMap<String, usize> {
     let mut findings = BTreeMap::new();
     let mut count = |f: &[credwatch::finding::Finding]| {
@@ -189,57 +192,32 @@ fn decode_detect_all(
         } else {
             "shardId-000000000001@2"
         };
-        let _ = decode_record_read(
-            r,
-            limits,
-            prefix,
-            scratch,
-            |ev| {
-                if let Ok((f, _)) = process_decoded(engine, &ev, prefix, limits) {
-                    count(&f);
-                }
-            },
-            |_| {},
-        );
+        let mut judged = |found: Result<(Vec<credwatch::finding::Finding>, i64), _>| {
+            if let Ok((f, _)) = found {
+                count(&f);
+            }
+        };
+        let _ = if whole {
+            decode_record(
+                r,
+                limits,
+                prefix,
+                scratch,
+                |raw| judged(process_event(engine, &raw, prefix, limits)),
+                |_| {},
+            )
+        } else {
+            decode_record_read(
+                r,
+                limits,
+                prefix,
+                scratch,
+                |ev| judged(process_decoded(engine, &ev, prefix, limits)),
+                |_| {},
+            )
+        };
     }
     // Candidates wait for the watermark; at the end of the input everything has arrived.
-    count(&engine.settle(credwatch::settle::SettleAt::END));
-    findings
-}
-
-/// [`decode_detect_all`] the way the consumer worked before events were read in place: every
-/// message unescaped into a text and parsed whole (`decode_record`, `process_event`).
-fn decode_detect_text_all(
-    records: &[Vec<u8>],
-    engine: &Engine,
-    scratch: &mut Scratch,
-    limits: &Limits,
-) -> BTreeMap<String, usize> {
-    let mut findings = BTreeMap::new();
-    let mut count = |f: &[credwatch::finding::Finding]| {
-        for f in f {
-            *findings.entry(f.rule.clone()).or_insert(0) += 1;
-        }
-    };
-    for (i, r) in records.iter().enumerate() {
-        let prefix = if i % 2 == 0 {
-            "shardId-000000000000@1"
-        } else {
-            "shardId-000000000001@2"
-        };
-        let _ = decode_record(
-            r,
-            limits,
-            prefix,
-            scratch,
-            |raw| {
-                if let Ok((f, _)) = process_event(engine, &raw, prefix, limits) {
-                    count(&f);
-                }
-            },
-            |_| {},
-        );
-    }
     count(&engine.settle(credwatch::settle::SettleAt::END));
     findings
 }
@@ -291,7 +269,15 @@ fn main() {
         let engine = Engine::new(&cfg);
         let mut scratch = Scratch::default();
         g.bench_function("decode_detect", |b| {
-            b.iter(|| black_box(decode_detect_all(&recs, &engine, &mut scratch, &limits)))
+            b.iter(|| {
+                black_box(decode_detect_all(
+                    &recs,
+                    &engine,
+                    &mut scratch,
+                    &limits,
+                    false,
+                ))
+            })
         });
         g.finish();
     }
@@ -327,7 +313,7 @@ fn main() {
         // the whole work, findings included, and must find every planted session.
         let engine = Engine::new(&cfg);
         full = full.min(timed(&mut || {
-            findings = decode_detect_all(&recs, &engine, &mut scratch, &limits);
+            findings = decode_detect_all(&recs, &engine, &mut scratch, &limits, false);
         }));
         tracked = engine.tracked_sessions();
         assert_eq!(
@@ -336,7 +322,7 @@ fn main() {
         );
         let engine = Engine::new(&cfg);
         text = text.min(timed(&mut || {
-            findings = decode_detect_text_all(&recs, &engine, &mut scratch, &limits);
+            findings = decode_detect_all(&recs, &engine, &mut scratch, &limits, true);
         }));
         assert_eq!(findings, want_map, "the text path finds the same");
     }

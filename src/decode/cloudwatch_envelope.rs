@@ -913,12 +913,9 @@ fn read_envelope<'a>(
         log_group: None,
         log_stream: None,
     };
-    let (mut message_type, mut log_events, mut seen) = (None, false, 0u8);
-    p.eat(b'{')?;
-    loop {
-        let key = p.string()?;
-        p.eat(b':')?;
-        let bit = match key {
+    let (mut message_type, mut log_events) = (None, false);
+    p.object(|p, key| {
+        Some(match key {
             "messageType" => {
                 message_type = Some(p.string()?);
                 0
@@ -949,17 +946,8 @@ fn read_envelope<'a>(
                 5
             }
             _ => return None,
-        };
-        if seen >> bit & 1 != 0 {
-            return None;
-        }
-        seen |= 1 << bit;
-        match p.next()? {
-            b',' => continue,
-            b'}' => break,
-            _ => return None,
-        }
-    }
+        })
+    })?;
     (p.i == text.len() && message_type == Some("DATA_MESSAGE") && log_events).then_some(env)
 }
 
@@ -970,12 +958,9 @@ fn log_event<'a>(
     buf: &mut EventBuf,
     events: &mut Vec<CloudTrailEvent<'a>>,
 ) -> Option<FastSlot> {
-    p.eat(b'{')?;
-    let (mut slot, mut seen) = (None, 0u8);
-    loop {
-        let key = p.string()?;
-        p.eat(b':')?;
-        let bit = match key {
+    let mut slot = None;
+    p.object(|p, key| {
+        Some(match key {
             "id" => {
                 p.string()?;
                 0
@@ -989,17 +974,9 @@ fn log_event<'a>(
                 2
             }
             _ => return None,
-        };
-        if seen >> bit & 1 != 0 {
-            return None;
-        }
-        seen |= 1 << bit;
-        match p.next()? {
-            b',' => continue,
-            b'}' => return slot,
-            _ => return None,
-        }
-    }
+        })
+    })?;
+    slot
 }
 
 /// A `message` string: read in place by the scanner (into a new last element of `events`), or
@@ -1077,6 +1054,27 @@ impl<'a> Plain<'a> {
         let sign = usize::from(b.first() == Some(&b'-'));
         let digits = b[sign..].iter().take_while(|c| c.is_ascii_digit()).count();
         (digits > 0).then(|| self.i += sign + digits)
+    }
+
+    /// `{"key":value,...}`: `on_key` reads each value and names its key by a bit (a key seen
+    /// twice is a duplicate, which the full decoder rejects).
+    fn object(&mut self, mut on_key: impl FnMut(&mut Self, &'a str) -> Option<u32>) -> Option<()> {
+        self.eat(b'{')?;
+        let mut seen = 0u32;
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            let bit = on_key(self, key)?;
+            if seen >> bit & 1 != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
     }
 
     /// `[item, ...]`.
