@@ -1048,12 +1048,15 @@ impl<'a> Plain<'a> {
         self.string().map(Some)
     }
 
-    /// An integer (a timestamp in milliseconds).
+    /// An integer (a timestamp in milliseconds) as JSON writes one (no leading zero) and short
+    /// enough for any integer type; anything else is left to the full decoder.
     fn number(&mut self) -> Option<()> {
         let b = &self.text.as_bytes()[self.i..];
         let sign = usize::from(b.first() == Some(&b'-'));
         let digits = b[sign..].iter().take_while(|c| c.is_ascii_digit()).count();
-        (digits > 0).then(|| self.i += sign + digits)
+        let leading_zero = digits > 1 && b[sign] == b'0';
+        (1..=15).contains(&digits).then_some(())?;
+        (!leading_zero).then(|| self.i += sign + digits)
     }
 
     /// `{"key":value,...}`: `on_key` reads each value and names its key by a bit (a key seen
@@ -1178,6 +1181,32 @@ mod tests {
         // The events the engine reads whole (control-plane calls, issuances, the event rules
         // names) and those with an escape in a field read: text; the rest in place.
         assert!(read > whole, "{read} read in place, {whole} as text");
+    }
+
+    /// Timestamps that are not JSON integers (found by the envelope fuzz target: leading zeros)
+    /// or too long for one: the envelope is the full decoder's to judge.
+    #[test]
+    fn odd_timestamps_are_judged_by_the_full_decoder() {
+        let whole = gunzip_text(&encode_envelope(
+            "1",
+            "g",
+            "s",
+            "f",
+            &[(1722587000000, EVENT_A)],
+        ));
+        for odd in [
+            "0000043903726",
+            "-01",
+            "1e3",
+            "1.5",
+            "12345678901234567890",
+            "-",
+            "00",
+        ] {
+            let text = whole.replace("1722587000000", odd);
+            assert_ne!(text, whole);
+            let _ = decode(&gz(&text), &Limits::default());
+        }
     }
 
     /// Cut anywhere, an envelope is set aside as the full decoder sets it aside.
