@@ -734,16 +734,6 @@ pub enum Decoded<'a, 'e> {
     },
 }
 
-impl Decoded<'_, '_> {
-    /// Its position in `logEvents`.
-    pub fn index(&self) -> usize {
-        match self {
-            Decoded::Text(raw) => raw.index,
-            Decoded::Read { index, .. } => *index,
-        }
-    }
-}
-
 /// [`decode_record`] for a consumer: the same events, set-aside events and errors, but each event
 /// whose fields [`super::scan`] can read straight from the escaped message comes out as
 /// [`Decoded::Read`], without being unescaped or parsed whole. The others (an event the engine
