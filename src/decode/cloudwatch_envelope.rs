@@ -270,7 +270,7 @@ fn finish_envelope(
             "DATA_MESSAGE without field `logEvents`",
         ));
     }
-    let EventBuf { text, slots } = buf;
+    let EventBuf { text, slots, .. } = buf;
     for (i, slot) in slots.iter_mut().enumerate() {
         match slot {
             Slot::Event(range) => {
@@ -389,6 +389,8 @@ pub(crate) struct EventBuf {
     text: String,
     /// One per `logEvents` element, in order.
     slots: Vec<Slot>,
+    /// The scanner's blocks of the message it reads.
+    index: super::scan::Index,
 }
 
 impl EventBuf {
@@ -983,7 +985,7 @@ fn message<'a>(
     let start = p.i + 1;
     events.push(CloudTrailEvent::default());
     let event = events.last_mut().expect("just pushed");
-    if let Ok(end) = super::scan::read_event_into(p.text, start, event) {
+    if let Ok(end) = super::scan::read_event_into(p.text, start, event, &mut buf.index) {
         if end - start <= limits.max_event_bytes && !crate::engine::reads_whole_event(event) {
             p.i = end + 1;
             return Some(FastSlot::Read);

@@ -198,6 +198,16 @@ fn prefix_xor(mut x: u64) -> u64 {
     x
 }
 
+/// [`prefix_xor`] as one carry-less multiplication by all ones (simdjson's way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "pclmulqdq")]
+#[inline]
+fn prefix_xor_clmul(x: u64) -> u64 {
+    use std::arch::x86_64::{_mm_clmulepi64_si128, _mm_cvtsi128_si64, _mm_set_epi64x};
+    let v = _mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set_epi64x(0, -1), 0);
+    _mm_cvtsi128_si64(v) as u64
+}
+
 /// The lowest set bit and all above it cleared; all ones if `x` is 0.
 fn below_first(x: u64) -> u64 {
     if x == 0 {
@@ -207,83 +217,47 @@ fn below_first(x: u64) -> u64 {
     }
 }
 
-/// What the walker needs of one block.
+/// What the walker needs of one block, limited to the bytes before the message's end.
 #[derive(Debug, Default, Clone, Copy)]
-struct Block {
+pub(crate) struct Block {
     /// Real inner quotes (not escaped inside an inner string).
     quote: u64,
     /// Brackets outside inner strings.
     open: u64,
     close: u64,
-    /// Unescaped quotes: the first one ends the message.
-    end: u64,
     /// Backslashes of the event's text (escaped ones in the message).
     inner_backslash: u64,
 }
 
-/// The blocks of one message, computed in order as the walker moves forward.
-/// `AVX2`: classify with AVX2 (only in code compiled for it: [`read_event_into`]).
-struct Scanner<'a, const AVX2: bool> {
-    buf: &'a [u8],
-    /// Offset of the current block (blocks start at the message's first byte).
-    base: usize,
-    blk: Block,
-    loaded: bool,
-    /// The block holding the message's end has been loaded.
-    ended: bool,
-    outer_carry: u64,
-    inner_pending: bool,
-    /// All ones when the previous block ended inside an inner string.
-    in_string: u64,
+/// The blocks of one message, computed in one tight pass before the walk (a buffer reused from
+/// message to message: no allocation once it has grown to the longest message).
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    blocks: Vec<Block>,
 }
 
-impl<'a, const AVX2: bool> Scanner<'a, AVX2> {
-    #[inline(always)]
-    fn new(buf: &'a [u8], start: usize) -> Self {
-        Scanner {
-            buf,
-            base: start,
-            blk: Block::default(),
-            loaded: false,
-            ended: false,
-            outer_carry: 0,
-            inner_pending: false,
-            in_string: 0,
-        }
-    }
-
-    /// Makes the block holding `pos` current (`pos` is never behind the current block).
-    #[inline(always)]
-    fn load(&mut self, pos: usize) -> Result<(), Bail> {
-        while !self.loaded || pos >= self.base + 64 {
-            if self.loaded {
-                if self.ended {
-                    return Err(Bail);
-                }
-                self.base += 64;
-            }
-            self.next_block()?;
-        }
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn next_block(&mut self) -> Result<(), Bail> {
-        let len = self.buf.len();
-        if self.base >= len {
-            return Err(Bail);
-        }
+/// Classifies the message whose content starts at `start` (blocks start at its first byte)
+/// into `index`; returns the position of its closing quote. Gives up where the walk would:
+/// no closing quote, a control character or an outer escape other than `\"` and `\\` in it.
+/// `AVX2`: classify with AVX2 (only in code compiled for it: [`read_event_into`]).
+#[inline(always)]
+fn index<const AVX2: bool>(buf: &[u8], start: usize, index: &mut Index) -> Result<usize, Bail> {
+    index.blocks.clear();
+    let (mut outer_carry, mut inner_pending, mut in_string) = (0u64, false, 0u64);
+    let mut base = start;
+    while base < buf.len() {
         let mut pad = [0u8; 64];
-        let (bytes, valid): (&[u8; 64], u64) = match self.buf.get(self.base..self.base + 64) {
+        let (bytes, valid): (&[u8; 64], u64) = match buf.get(base..base + 64) {
             Some(b) => (b.try_into().expect("64 bytes"), !0),
             None => {
-                let rest = &self.buf[self.base..];
+                let rest = &buf[base..];
                 pad[..rest.len()].copy_from_slice(rest);
                 (&pad, (1u64 << rest.len()) - 1)
             }
         };
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a scanner with AVX2 is only made where the CPU has it ([`read_event_into`]).
+        // SAFETY: `AVX2` is only set in code compiled for it, which runs where the CPU has it
+        // ([`read_event_into`]).
         let c = if AVX2 {
             unsafe { classify_avx2(bytes) }
         } else {
@@ -291,71 +265,99 @@ impl<'a, const AVX2: bool> Scanner<'a, AVX2> {
         };
         #[cfg(not(target_arch = "x86_64"))]
         let c = classify(bytes);
-        let escaped = find_escaped(c.backslash, &mut self.outer_carry);
+        let escaped = find_escaped(c.backslash, &mut outer_carry);
         let end = c.quote & !escaped & valid;
+        let before = below_first(end) & valid;
         // Within the message: no control character, no outer escape but \" and \\.
-        let odd = c.control | (escaped & !(c.quote | c.backslash));
-        if odd & valid & below_first(end) != 0 {
+        if (c.control | (escaped & !(c.quote | c.backslash))) & before != 0 {
             return Err(Bail);
         }
         let inner_backslash = c.backslash & escaped;
         let mut quote = c.quote & escaped;
-        if inner_backslash != 0 || self.inner_pending {
+        if inner_backslash != 0 || inner_pending {
             let keep = !(c.backslash & !escaped);
-            quote &= !inner_escaped(keep, inner_backslash, &mut self.inner_pending);
+            quote &= !inner_escaped(keep, inner_backslash, &mut inner_pending);
         }
-        let in_string = prefix_xor(quote) ^ self.in_string;
-        self.in_string = ((in_string as i64) >> 63) as u64;
-        self.blk = Block {
-            quote,
-            open: c.open & !in_string,
-            close: c.close & !in_string,
-            end,
-            inner_backslash,
-        };
-        self.ended = end != 0;
-        self.loaded = true;
-        Ok(())
+        #[cfg(target_arch = "x86_64")]
+        let strings = if AVX2 {
+            // SAFETY: as for `classify_avx2` (PCLMULQDQ is among the features checked).
+            unsafe { prefix_xor_clmul(quote) }
+        } else {
+            prefix_xor(quote)
+        } ^ in_string;
+        #[cfg(not(target_arch = "x86_64"))]
+        let strings = prefix_xor(quote) ^ in_string;
+        in_string = ((strings as i64) >> 63) as u64;
+        index.blocks.push(Block {
+            quote: quote & before,
+            open: c.open & !strings & before,
+            close: c.close & !strings & before,
+            inner_backslash: inner_backslash & before,
+        });
+        if end != 0 {
+            return Ok(base + end.trailing_zeros() as usize);
+        }
+        base += 64;
+    }
+    Err(Bail)
+}
+
+/// The blocks of one message, as the walker reads them.
+struct Scanner<'a> {
+    blocks: &'a [Block],
+    /// The message's first byte (where its first block starts).
+    start: usize,
+}
+
+impl Scanner<'_> {
+    /// The block holding `pos` and `pos`'s bit in it; past the message's end, none.
+    #[inline(always)]
+    fn at(&self, pos: usize) -> Result<(usize, &Block, u32), Bail> {
+        // Before the start wraps to a huge offset: no block.
+        let rel = pos.wrapping_sub(self.start);
+        let k = rel >> 6;
+        let b = self.blocks.get(k).ok_or(Bail)?;
+        Ok((self.start + (k << 6), b, (rel & 63) as u32))
     }
 
     /// The next real inner quote at or after `from`; gives up if the message ends first, or
     /// (`plain`) if an inner backslash comes first: the string from `from` has an escape.
     #[inline(always)]
-    fn next_quote(&mut self, mut from: usize, plain: bool) -> Result<usize, Bail> {
+    fn next_quote(&self, from: usize, plain: bool) -> Result<usize, Bail> {
+        let (mut base, _, bit) = self.at(from)?;
+        let mut live = !0u64 << bit;
+        let mut k = (base - self.start) >> 6;
         loop {
-            self.load(from)?;
-            let live = !0u64 << (from - self.base);
-            let m = (self.blk.quote | self.blk.end) & live;
-            let escapes = if plain {
-                self.blk.inner_backslash & live
-            } else {
-                0
-            };
+            let b = self.blocks.get(k).ok_or(Bail)?;
+            let m = b.quote & live;
+            let escapes = if plain { b.inner_backslash & live } else { 0 };
             if m != 0 {
                 let bit = m.trailing_zeros();
-                if self.blk.end >> bit & 1 != 0 || escapes & ((1u64 << bit) - 1) != 0 {
+                if escapes & ((1u64 << bit) - 1) != 0 {
                     return Err(Bail);
                 }
-                return Ok(self.base + bit as usize);
+                return Ok(base + bit as usize);
             }
             if escapes != 0 {
                 return Err(Bail);
             }
-            from = self.base + 64;
+            live = !0;
+            k += 1;
+            base += 64;
         }
     }
 
     /// Skips the rest of an object or array whose first byte after its opening bracket is at
     /// `from`; returns the position after its closing bracket.
     #[inline(always)]
-    fn skip_container(&mut self, mut from: usize) -> Result<usize, Bail> {
+    fn skip_container(&self, from: usize) -> Result<usize, Bail> {
+        let (mut base, _, bit) = self.at(from)?;
+        let mut live = !0u64 << bit;
+        let mut k = (base - self.start) >> 6;
         let mut depth: u32 = 1;
         loop {
-            self.load(from)?;
-            let live = !0u64 << (from - self.base);
-            let end = self.blk.end & live;
-            let lim = live & below_first(end);
-            let (open, close) = (self.blk.open & lim, self.blk.close & lim);
+            let b = self.blocks.get(k).ok_or(Bail)?;
+            let (open, close) = (b.open & live, b.close & live);
             if close.count_ones() < depth {
                 depth += open.count_ones();
                 depth -= close.count_ones();
@@ -369,22 +371,57 @@ impl<'a, const AVX2: bool> Scanner<'a, AVX2> {
                     } else {
                         depth -= 1;
                         if depth == 0 {
-                            return Ok(self.base + bit as usize + 1);
+                            return Ok(base + bit as usize + 1);
                         }
                     }
                 }
             }
-            if end != 0 {
-                return Err(Bail);
-            }
-            from = self.base + 64;
+            live = !0;
+            k += 1;
+            base += 64;
         }
     }
 }
 
+/// A key as the walker read it: its text and its [`tag`].
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    text: &'a str,
+    tag: u64,
+}
+
+/// A key's length (low byte, 255 for 255 and more) and first seven bytes: [`pick`] compares these words before it
+/// compares texts, so that a key costs one comparison per field it is not.
+const fn tag(b: &[u8]) -> u64 {
+    let mut t = if b.len() < 255 { b.len() as u64 } else { 255 };
+    let mut i = 0;
+    while i < b.len() && i < 7 {
+        t |= (b[i] as u64) << (8 * (i + 1));
+        i += 1;
+    }
+    t
+}
+
+/// Which arm a [`Key`] takes: `pick!(key, { "name" => arm, ... _ => other })`, as `match` on
+/// its text would, comparing [`tag`] words first (a key of up to seven bytes is its tag).
+macro_rules! pick {
+    ($key:expr, { $($lit:literal => $arm:expr,)* _ => $other:expr $(,)? }) => {{
+        let k: Key<'_> = $key;
+        $(
+            if k.tag == const { tag($lit.as_bytes()) }
+                && ($lit.len() <= 7 || k.text.as_bytes() == $lit.as_bytes())
+            {
+                $arm
+            } else
+        )* {
+            $other
+        }
+    }};
+}
+
 /// Where an object's walk is: at a key (and the position of its value), or past its `}`.
 enum Next<'a> {
-    Key(&'a str, usize),
+    Key(Key<'a>, usize),
     End(usize),
 }
 
@@ -408,13 +445,13 @@ macro_rules! each_key {
     }};
 }
 
-/// The walker: the scanner and the message text (valid UTF-8, checked by the caller).
-struct Walk<'a, const AVX2: bool> {
-    s: Scanner<'a, AVX2>,
+/// The walker: the message's blocks and its text (valid UTF-8, checked by the caller).
+struct Walk<'a, 'i> {
+    s: Scanner<'i>,
     text: &'a str,
 }
 
-impl<'a, const AVX2: bool> Walk<'a, AVX2> {
+impl<'a> Walk<'a, '_> {
     #[inline(always)]
     fn byte(&self, i: usize) -> Option<u8> {
         self.text.as_bytes().get(i).copied()
@@ -422,7 +459,7 @@ impl<'a, const AVX2: bool> Walk<'a, AVX2> {
 
     /// The key at `i` (a backslash and a quote: an inner string) and the position of its value.
     #[inline(always)]
-    fn key(&mut self, i: usize) -> Result<(&'a str, usize), Bail> {
+    fn key(&mut self, i: usize) -> Result<(Key<'a>, usize), Bail> {
         if self.byte(i) != Some(b'\\') || self.byte(i + 1) != Some(b'"') {
             return Err(Bail);
         }
@@ -431,7 +468,30 @@ impl<'a, const AVX2: bool> Walk<'a, AVX2> {
         if self.byte(close + 1) != Some(b':') {
             return Err(Bail);
         }
-        Ok((&self.text[i + 2..close - 1], close + 2))
+        let text = self.slice(i + 2, close - 1);
+        let len = text.len();
+        // The tag from one load of 8 bytes where the text has them (it does but at its end).
+        let tag = match self.text.as_bytes().get(i + 2..i + 10) {
+            Some(w) => {
+                let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+                let n = len.min(7);
+                (w << 8) & (((1u64 << (8 * n)) - 1) << 8) | len.min(255) as u64
+            }
+            None => tag(text.as_bytes()),
+        };
+        Ok((Key { text, tag }, close + 2))
+    }
+
+    /// The text from `a` to `b`, positions the scanner found at ASCII bytes (a quote, a
+    /// backslash) or just after them.
+    #[inline(always)]
+    fn slice(&self, a: usize, b: usize) -> &'a str {
+        let bytes = &self.text.as_bytes()[a..b];
+        debug_assert!(self.text.is_char_boundary(a) && self.text.is_char_boundary(b));
+        // SAFETY: `text` is valid UTF-8 and `a` and `b` are char boundaries: each is the
+        // position of an ASCII byte or the one after it (the walker's callers pass only such
+        // positions), and an ASCII byte never sits inside a multi-byte character.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     /// The first key of the object whose `{` is at `open`, or the end of an empty one.
@@ -459,7 +519,7 @@ impl<'a, const AVX2: bool> Walk<'a, AVX2> {
         match self.byte(v) {
             Some(b'\\') if self.byte(v + 1) == Some(b'"') => {
                 let close = self.s.next_quote(v + 2, true)?;
-                Ok((Some(&self.text[v + 2..close - 1]), close + 1))
+                Ok((Some(self.slice(v + 2, close - 1)), close + 1))
             }
             Some(b'n') if self.text.as_bytes()[v..].starts_with(b"null") => Ok((None, v + 4)),
             _ => Err(Bail),
@@ -527,7 +587,7 @@ impl<'a, const AVX2: bool> Walk<'a, AVX2> {
     #[inline(always)]
     fn user_identity(&mut self, open: usize, u: &mut UserIdentity<'a>) -> Result<usize, Bail> {
         let mut seen = 0;
-        Ok(each_key!(self, open, |w, key, v| match key {
+        Ok(each_key!(self, open, |w, key, v| pick!(key, {
             "type" => w.field(v, &mut u.identity_type, &mut seen, 0)?,
             "principalId" => w.field(v, &mut u.principal_id, &mut seen, 1)?,
             "arn" => w.field(v, &mut u.arn, &mut seen, 2)?,
@@ -545,21 +605,21 @@ impl<'a, const AVX2: bool> Walk<'a, AVX2> {
                 None => v + 4,
             },
             _ => w.skip(v)?,
-        }))
+        })))
     }
 
     #[inline(always)]
     fn session_context(&mut self, open: usize, c: &mut SessionContext<'a>) -> Result<usize, Bail> {
         let mut seen = 0;
-        Ok(each_key!(self, open, |w, key, v| match key {
+        Ok(each_key!(self, open, |w, key, v| pick!(key, {
             "attributes" => match w.object_or_null(v, &mut seen, 0)? {
                 Some(open) => {
                     let mut a = SessionAttributes::default();
                     let mut seen = 0;
-                    let after = each_key!(w, open, |w, key, v| match key {
+                    let after = each_key!(w, open, |w, key, v| pick!(key, {
                         "creationDate" => w.field(v, &mut a.creation_date, &mut seen, 0)?,
                         _ => w.skip(v)?,
-                    });
+                    }));
                     c.attributes = Some(a);
                     after
                 }
@@ -569,12 +629,12 @@ impl<'a, const AVX2: bool> Walk<'a, AVX2> {
                 Some(open) => {
                     let mut i = SessionIssuer::default();
                     let mut seen = 0;
-                    let after = each_key!(w, open, |w, key, v| match key {
+                    let after = each_key!(w, open, |w, key, v| pick!(key, {
                         "type" => w.field(v, &mut i.issuer_type, &mut seen, 0)?,
                         "arn" => w.field(v, &mut i.arn, &mut seen, 1)?,
                         "userName" => w.field(v, &mut i.user_name, &mut seen, 2)?,
                         _ => w.skip(v)?,
-                    });
+                    }));
                     c.session_issuer = Some(i);
                     after
                 }
@@ -583,7 +643,7 @@ impl<'a, const AVX2: bool> Walk<'a, AVX2> {
             "ec2RoleDelivery" => w.field(v, &mut c.ec2_role_delivery, &mut seen, 2)?,
             "sourceIdentity" => w.field(v, &mut c.source_identity, &mut seen, 3)?,
             _ => w.skip(v)?,
-        }))
+        })))
     }
 
     /// `sessionCredentialFromConsole`: a boolean, a string (`"true"` in any case is true) or
@@ -614,55 +674,70 @@ fn once(seen: &mut u32, bit: u32) -> Result<(), Bail> {
 #[cfg(test)]
 pub(crate) fn read_event(text: &str, start: usize) -> Result<(CloudTrailEvent<'_>, usize), Bail> {
     let mut ev = CloudTrailEvent::default();
-    let end = read_event_into(text, start, &mut ev)?;
+    let end = read_event_into(text, start, &mut ev, &mut Index::default())?;
     Ok((ev, end))
 }
 
 /// Reads the event whose escaped text starts at `start` in `text` (just after the message's
 /// opening quote) into `ev`, a default event (partly filled when it gives up), so that a caller
-/// can read into a slot of its own buffer without moving the event. Returns the position of
-/// the message's closing quote. The event's `requestParameters` and `responseElements` are not
-/// read (`None`): a caller that needs them parses the message in full (see
+/// can read into a slot of its own buffer without moving the event; `idx` is a buffer for the
+/// message's blocks, reused from call to call. Returns the position of the message's closing
+/// quote. The event's `requestParameters` and `responseElements` are not read (`None`): a
+/// caller that needs them parses the message in full (see
 /// [`crate::engine::reads_whole_event`]).
 pub(crate) fn read_event_into<'a>(
     text: &'a str,
     start: usize,
     ev: &mut CloudTrailEvent<'a>,
+    idx: &mut Index,
 ) -> Result<usize, Bail> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("popcnt")
         && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("pclmulqdq")
     {
         // SAFETY: the CPU has the features `read_avx2` is compiled for, checked just above.
-        return unsafe { read_avx2(text, start, ev) };
+        return unsafe { read_avx2(text, start, ev, idx) };
     }
-    read_with::<false>(text, start, ev)
+    read_with::<false>(text, start, ev, idx)
 }
 
-/// The whole walk compiled for AVX2, POPCNT and BMI1 (its methods are inlined here), so that
-/// the block classes, bit counts and bit scans are single instructions.
+/// The whole read compiled for AVX2, POPCNT, BMI1 and PCLMULQDQ (its functions are inlined
+/// here), so that the block classes, prefix XORs, bit counts and bit scans are single
+/// instructions.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt,bmi1")]
-fn read_avx2<'a>(text: &'a str, start: usize, ev: &mut CloudTrailEvent<'a>) -> Result<usize, Bail> {
-    read_with::<true>(text, start, ev)
+#[target_feature(enable = "avx2,popcnt,bmi1,pclmulqdq")]
+fn read_avx2<'a>(
+    text: &'a str,
+    start: usize,
+    ev: &mut CloudTrailEvent<'a>,
+    idx: &mut Index,
+) -> Result<usize, Bail> {
+    read_with::<true>(text, start, ev, idx)
 }
 
+/// Classifies the message, then walks its blocks.
 #[inline(always)]
 fn read_with<'a, const AVX2: bool>(
     text: &'a str,
     start: usize,
     ev: &mut CloudTrailEvent<'a>,
+    idx: &mut Index,
 ) -> Result<usize, Bail> {
     if text.as_bytes().get(start) != Some(&b'{') {
         return Err(Bail);
     }
-    let mut w = Walk::<'a, AVX2> {
-        s: Scanner::new(text.as_bytes(), start),
+    let end = index::<AVX2>(text.as_bytes(), start, idx)?;
+    let mut w = Walk {
+        s: Scanner {
+            blocks: &idx.blocks,
+            start,
+        },
         text,
     };
     let mut seen = 0u32;
-    let after = each_key!(&mut w, start, |w, key, v| match key {
+    let after = each_key!(&mut w, start, |w, key, v| pick!(key, {
         "eventID" => w.field(v, &mut ev.event_id, &mut seen, 0)?,
         "eventTime" => w.field(v, &mut ev.event_time, &mut seen, 1)?,
         "eventName" => w.field(v, &mut ev.event_name, &mut seen, 2)?,
@@ -681,29 +756,29 @@ fn read_with<'a, const AVX2: bool>(
             let (b, after) = w.lenient_bool(v)?;
             ev.session_credential_from_console = b;
             after
-        }
+        },
         "userIdentity" => {
             once(&mut seen, 14)?;
             if w.byte(v) != Some(b'{') {
                 return Err(Bail);
             }
             w.user_identity(v, &mut ev.user_identity)?
-        }
+        },
         "requestParameters" => {
             once(&mut seen, 15)?;
             w.skip(v)?
-        }
+        },
         "responseElements" => {
             once(&mut seen, 16)?;
             w.skip(v)?
-        }
+        },
         _ => w.skip(v)?,
-    });
+    }));
     // The event's `}` is the message's last byte: the next one is its closing quote.
-    if w.byte(after) != Some(b'"') {
+    if after != end {
         return Err(Bail);
     }
-    Ok(after)
+    Ok(end)
 }
 
 /// The position of the closing quote of the JSON string whose content starts at `start`, for a
@@ -771,6 +846,31 @@ mod tests {
         assert_eq!(ev.creation_date(), Some("2024-08-02T08:20:52Z"));
         assert!(ev.session_credential_from_console);
         assert!(ev.request_parameters.is_none(), "left to the full parser");
+    }
+
+    #[test]
+    fn keys_are_told_apart_by_their_whole_text() {
+        // Same length and first seven bytes as fields it reads; one as long as 263 bytes, whose
+        // length byte would be 7 (eventID's) if it were not capped.
+        let long = format!("eventID{}", "x".repeat(256));
+        for key in [
+            "eventIDs",
+            "eventNamf",
+            "userAgenx",
+            "eventTimf",
+            long.as_str(),
+        ] {
+            let json = format!(
+                r#"{{"eventTime":"2024-08-02T08:23:55Z","eventName":"X","eventID":"e","{key}":"y"}}"#
+            );
+            let ev = read(&json).unwrap();
+            assert_eq!(
+                fields(&ev),
+                fields(&CloudTrailEvent::parse(&json).unwrap()),
+                "{key}"
+            );
+            assert_eq!((ev.event_name(), ev.event_id()), ("X", "e"), "{key}");
+        }
     }
 
     #[test]

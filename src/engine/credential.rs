@@ -106,10 +106,51 @@ pub struct Credential<'a> {
 
 /// Splits `arn:aws:sts::123:assumed-role/ROLE/SESSION` into (ROLE, SESSION).
 pub fn assumed_role_parts(arn: &str) -> Option<(&str, &str)> {
-    // arn:PARTITION:sts::ACCOUNT:RESOURCE: the resource follows the fifth colon (a search for
-    // the character, cheaper than for ":assumed-role/" on every event).
-    let rest = arn.splitn(6, ':').nth(5)?.strip_prefix("assumed-role/")?;
-    rest.split_once('/')
+    // arn:PARTITION:sts::ACCOUNT:RESOURCE: the resource follows the fifth colon (a byte search
+    // for the character; `splitn(6, ':')` cost 3% of a detecting pass).
+    let fifth = memchr::memchr_iter(b':', arn.as_bytes()).nth(4)?;
+    let rest = arn[fifth + 1..].strip_prefix("assumed-role/")?;
+    let slash = memchr::memchr(b'/', rest.as_bytes())?;
+    Some((&rest[..slash], &rest[slash + 1..]))
+}
+
+/// User-agent markers (`lambda_user_agent_markers`, `ecs_user_agent_markers`) with their
+/// searchers built once: a `str::contains` per marker per event builds its searcher each time.
+#[derive(Debug, Clone)]
+pub struct Markers(Vec<memchr::memmem::Finder<'static>>);
+
+impl Markers {
+    /// Searchers for the non-empty markers (an empty marker matches nothing).
+    pub fn new(markers: &[String]) -> Markers {
+        Markers(
+            markers
+                .iter()
+                .filter(|m| !m.is_empty())
+                .map(|m| memchr::memmem::Finder::new(m.as_bytes()).into_owned())
+                .collect(),
+        )
+    }
+
+    /// Whether `ua` holds one of the markers.
+    pub fn any_in(&self, ua: &str) -> bool {
+        self.0.iter().any(|f| f.find(ua.as_bytes()).is_some())
+    }
+}
+
+/// The markers of the detection settings, built once per engine.
+#[derive(Debug, Clone)]
+pub struct UaMarkers {
+    pub lambda: Markers,
+    pub ecs: Markers,
+}
+
+impl UaMarkers {
+    pub fn new(cfg: &DetectionConfig) -> UaMarkers {
+        UaMarkers {
+            lambda: Markers::new(&cfg.lambda_user_agent_markers),
+            ecs: Markers::new(&cfg.ecs_user_agent_markers),
+        }
+    }
 }
 
 /// The parts in one string of exactly their length (`format!` grows its buffer as it goes:
@@ -131,13 +172,15 @@ fn is_instance_id(s: &str) -> bool {
 
 /// Classifies the credential of an event; `None` when the event has no credential credwatch
 /// tracks (no key, a long-term key while those are off, a console session while those are off).
-pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Option<Credential<'a>> {
+/// `markers`: those of `cfg`, built once ([`UaMarkers::new`]).
+pub fn classify<'a>(
+    ev: &'a CloudTrailEvent<'a>,
+    cfg: &DetectionConfig,
+    markers: &UaMarkers,
+) -> Option<Credential<'a>> {
     let key = ev.access_key_id()?;
     let ua = ev.user_agent();
-    let lambda_runtime = cfg
-        .lambda_user_agent_markers
-        .iter()
-        .any(|m| !m.is_empty() && ua.contains(m.as_str()));
+    let lambda_runtime = markers.lambda.any_in(ua);
     let account = ev.account_id().unwrap_or("");
     let arn = ev.arn().unwrap_or("");
     let role_parts = assumed_role_parts(arn);
@@ -209,11 +252,7 @@ pub fn classify<'a>(ev: &'a CloudTrailEvent<'a>, cfg: &DetectionConfig) -> Optio
         }
         let class = if lambda_runtime {
             CredentialClass::Lambda
-        } else if cfg
-            .ecs_user_agent_markers
-            .iter()
-            .any(|m| !m.is_empty() && ua.contains(m.as_str()))
-        {
+        } else if markers.ecs.any_in(ua) {
             CredentialClass::EcsTask
         } else {
             CredentialClass::AssumedRole
@@ -256,7 +295,8 @@ mod tests {
         );
         let ev = CloudTrailEvent::parse(&json).unwrap();
         let cfg = DetectionConfig::default();
-        classify(&ev, &cfg).map(|c| (c.class, c.session_display.into_owned()))
+        classify(&ev, &cfg, &UaMarkers::new(&cfg))
+            .map(|c| (c.class, c.session_display.into_owned()))
     }
 
     #[test]
@@ -325,8 +365,12 @@ mod tests {
         );
         let cfg = DetectionConfig::default();
         assert_eq!(
-            classify(&ea, &cfg).unwrap().session_key,
-            classify(&eb, &cfg).unwrap().session_key
+            classify(&ea, &cfg, &UaMarkers::new(&cfg))
+                .unwrap()
+                .session_key,
+            classify(&eb, &cfg, &UaMarkers::new(&cfg))
+                .unwrap()
+                .session_key
         );
     }
 }

@@ -117,12 +117,7 @@ pub(crate) fn check(
     if workload {
         // The engine has already taken the marker's trust away (outside AWS); say it was there.
         let ua = ev.user_agent();
-        let marker = e
-            .cfg
-            .detection
-            .lambda_user_agent_markers
-            .iter()
-            .any(|m| !m.is_empty() && ua.contains(m.as_str()));
+        let marker = e.markers.lambda.any_in(ua);
         if let Some(f) = finding(e, &c, cred.class, cred.issued.as_ref(), marker) {
             out.push(f);
         }
