@@ -8,10 +8,12 @@
 //! brackets (SSE2), the outer escapes from the backslash runs (simdjson's branch-free carry
 //! trick), the inner escapes from those (a scalar pass, only in blocks that hold an inner
 //! backslash), the inner strings from a prefix XOR of the real inner quotes, and from them the
-//! brackets outside strings. A walker then reads the objects it needs (the top level,
-//! `userIdentity`, `sessionContext`, its `attributes` and `sessionIssuer`) key by key, and skips
-//! every other value by counting brackets a block at a time (`requestParameters` and
-//! `responseElements`, most of an event's bytes, cost a few instructions per 64 bytes).
+//! brackets outside strings; this first pass runs over the whole message in one tight loop, into
+//! a buffer of block masks reused from message to message ([`Index`]). A walker then reads, from
+//! those masks, the objects it needs (the top level, `userIdentity`, `sessionContext`, its
+//! `attributes` and `sessionIssuer`) key by key, and skips every other value by counting brackets
+//! a block at a time (`requestParameters` and `responseElements`, most of an event's bytes, cost
+//! a few instructions per 64 bytes).
 //!
 //! What it checks: the structure (keys, colons, commas, strings closed, brackets balanced before
 //! the message ends), no control characters, no outer escape other than `\"` and `\\`, no
