@@ -407,9 +407,10 @@ impl Engine {
     ) -> Result<(Vec<Finding>, i64), EventError> {
         let t = ev.time_secs()?;
         let skew = self.cfg.detection.max_clock_skew_secs;
-        // The clock only moves on: the last reading is a lower bound of the time now, so an
-        // event within the skew of it is within the skew of now (a clock read cost 2% of a
-        // detecting pass).
+        // An event within the skew of the last reading is taken without a read of the clock
+        // (a read cost 2% of a detecting pass); one past it reads the clock, which decides.
+        // Between reads a clock stepped back is not seen: an event up to that step ahead is
+        // taken, until the next event that reads the clock.
         let ahead = |wall: i64| t > wall.saturating_add(skew as i64);
         if ahead(self.wall_seen.load(Relaxed)) && ahead(self.wall_now()) {
             return Err(EventError::TimeAhead {
@@ -954,7 +955,8 @@ impl Engine {
     /// Reads the wall clock (seconds) and keeps the reading in `wall_seen`.
     fn wall_now(&self) -> i64 {
         let now = wall_secs();
-        self.wall_seen.fetch_max(now, Relaxed);
+        // The last reading, not the highest: a clock stepped back is believed at its next read.
+        self.wall_seen.store(now, Relaxed);
         now
     }
 }
